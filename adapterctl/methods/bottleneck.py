@@ -1,0 +1,309 @@
+"""Bottleneck adapters (Houlsby, Pfeiffer, parallel) and the layer that runs them at a site.
+
+Placement follows AdapterHub's ``adapters`` 1.x exactly, so its saved adapters give the same
+outputs here. At a site the transformer computes ``layer_norm(h + x)`` (``h`` the sub-layer
+output, ``x`` the residual stream); with adapters active this becomes:
+
+    pre:   residual = h                        if residual_before_ln is True
+           h = layer_norm(h + x)               if original_ln_before (residual = h + x if "post_add")
+           residual = h                        if residual_before_ln is False
+    adapter: out = up(act(down(ln_before?(h)))) * scaling, dropout, + residual, ln_after?
+             (adapter_residual_before_ln decides whether the residual joins before ln_after)
+    post:  out = layer_norm(out + x)           if original_ln_after
+
+A parallel adapter reads ``x`` instead of ``h`` and its output joins ``h`` before the post step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+from transformers.activations import get_activation
+
+from .. import composition as C
+from ..config import BnConfig
+from ..errors import AdapterConfigError
+from .fusion import Fusion
+
+
+class Activation(nn.Module):
+    """A named non-linearity (transformers' ACT2FN names, plus ``leakyrelu``)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.f = nn.functional.leaky_relu if name.lower() == "leakyrelu" else get_activation(name.lower())
+
+    def forward(self, x):
+        return self.f(x)
+
+
+class Bottleneck(nn.Module):
+    """One adapter at one site. Weight names match AdapterHub's ``Adapter`` module:
+    ``adapter_down.0`` (or ``.1`` after ``adapter_norm_before``), ``adapter_up``."""
+
+    def __init__(self, config: BnConfig, hidden_size: int, bottleneck_size: int):
+        super().__init__()
+        self.config = config
+        down: list[nn.Module] = []
+        if config.ln_before:
+            self.adapter_norm_before = nn.LayerNorm(hidden_size)
+            down.append(self.adapter_norm_before)
+        down += [nn.Linear(hidden_size, bottleneck_size), Activation(config.non_linearity)]
+        self.adapter_down = nn.Sequential(*down)
+        self.adapter_up = nn.Linear(bottleneck_size, hidden_size)
+        if config.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1))
+        elif config.scaling == "channel":
+            self.scaling = nn.Parameter(torch.ones(hidden_size))
+        else:
+            self.scaling = float(config.scaling)
+        if config.ln_after:
+            self.adapter_norm_after = nn.LayerNorm(hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self._init_weights(config.init_weights, config.init_weights_seed)
+
+    @torch.no_grad()
+    def _init_weights(self, kind: str, seed: int | None) -> None:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        down = self.adapter_down[-2]
+        up = self.adapter_up
+        if kind in ("identity", "bert"):
+            down.weight.normal_(0.0, 0.02, generator=generator)
+            up.weight.zero_() if kind == "identity" else up.weight.normal_(0.0, 0.02, generator=generator)
+        elif kind == "mam_adapter":
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5), generator=generator)
+            up.weight.zero_()
+        elif kind == "houlsby":
+            for lin in (down, up):
+                nn.init.trunc_normal_(lin.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2, generator=generator)
+        down.bias.zero_()
+        up.bias.zero_()
+
+    def pre_forward(self, h, x, layer_norm, query_before_ln: bool = False):
+        """Returns (adapter input, fusion query, adapter residual); see the module docstring."""
+        c = self.config
+        if c.is_parallel:
+            return x, x, x
+        query = h if query_before_ln else None
+        residual = h if c.residual_before_ln is True else None
+        if c.original_ln_before:
+            h = h + x
+            if c.residual_before_ln == "post_add":
+                residual = h
+            h = layer_norm(h)
+        if not c.residual_before_ln:
+            residual = h
+        return h, (h if query is None else query), residual
+
+    def forward(self, h, residual):
+        """Returns (output, up-projection output); the latter feeds AdapterFusion."""
+        up = self.adapter_up(self.adapter_down(h)) * self.scaling
+        out = self.dropout(up)
+        if self.config.is_parallel:
+            return (self.adapter_norm_after(out) if self.config.ln_after else out), up
+        if self.config.adapter_residual_before_ln:
+            out = out + residual
+        if self.config.ln_after:
+            out = self.adapter_norm_after(out)
+        if not self.config.adapter_residual_before_ln:
+            out = out + residual
+        return out, up
+
+    def post_forward(self, out, h_in, x, layer_norm):
+        if self.config.is_parallel:
+            out = out + h_in
+        return layer_norm(out + x) if self.config.original_ln_after else out
+
+
+class State(NamedTuple):
+    """What flows through a composition at one site."""
+
+    hidden: torch.Tensor  # the adapter input (then output)
+    x: torch.Tensor  # the layer's residual stream
+    residual: torch.Tensor  # the adapter's own residual
+    ln: nn.Module  # the site's transformer LayerNorm
+    up: torch.Tensor | None  # the last adapter's up-projection output (for fusion)
+    last: str | None  # the last adapter applied: its post_forward closes the site
+
+
+class AdapterLayer(nn.Module):
+    """All adapters and fusions at one site of one transformer layer.
+
+    ``adapters`` and ``adapter_fusion_layer`` are registered on the model at the site's
+    container, so state-dict keys read as AdapterHub's
+    (``...layer.3.output.adapters.<name>.adapter_up.weight``).
+    """
+
+    def __init__(self, site_key: str, layer_idx: int, context):
+        super().__init__()
+        self.site_key = site_key
+        self.layer_idx = layer_idx
+        self.context = context  # shared model-level state: active setup, skipped layers, ...
+        self.adapters = nn.ModuleDict()
+        self.adapter_fusion_layer = nn.ModuleDict()
+
+    # -- hooks: the residual step, replaced ----------------------------------------------
+
+    def attach(self, layer: nn.Module, site) -> None:
+        """Hook into one site of a transformer layer (an ``architectures.Site``) and register the
+        adapter modules at the site's container, under AdapterHub's names."""
+        if _has(layer, site.container):
+            container = layer.get_submodule(site.container)
+            container.add_module("adapters", self.adapters)
+            container.add_module("adapter_fusion_layer", self.adapter_fusion_layer)
+        else:
+            layer.add_module(site.container, self)
+        name, pos = site.residual_arg
+
+        def capture_x(module, args, kwargs):
+            self._x = kwargs[name] if name in kwargs else args[pos]
+
+        def capture_h(module, args, output):
+            self._h = output[0] if isinstance(output, tuple) else output
+
+        def replace_layer_norm(module, args, output):
+            h, x, self._h, self._x = self._h, self._x, None, None
+            setup = self.active_setup()
+            if setup is None or h is None:
+                return None
+            return self(h, x, module.forward, setup)  # module.forward: the LayerNorm without this hook
+
+        residual = layer.get_submodule(site.residual) if site.residual else layer
+        residual.register_forward_pre_hook(capture_x, with_kwargs=True)
+        layer.get_submodule(site.output).register_forward_hook(capture_h)
+        layer.get_submodule(site.layer_norm).register_forward_hook(replace_layer_norm)
+        self._h = self._x = None
+
+    def active_setup(self):
+        setup = self.context.active_setup
+        if setup is None or self.layer_idx in self.context.skip_layers:
+            return None
+        return setup if any(name in self.adapters for name in setup.flatten()) else None
+
+    def forward(self, h, x, layer_norm, setup):
+        h, x = self._replicate_for_parallel(h, x)
+        state = self.compose(setup, State(h, x, x, layer_norm, None, None), 0)
+        return self.adapters[state.last].post_forward(state.hidden, h, state.x, layer_norm)
+
+    def _replicate_for_parallel(self, h, x):
+        """A Parallel setup replicates the batch at the first adapter layer; later layers see it
+        already replicated, and a skipped lower layer (AdapterDrop) shares its work."""
+        channels = self.context.active_setup.parallel_channels
+        if channels > 1 and h.shape[0] == self.context.batch_size:
+            h, x = h.repeat(channels, 1, 1), x.repeat(channels, 1, 1)
+        return h, x
+
+    # -- composition ----------------------------------------------------------------------
+
+    def compose(self, setup, state: State, level: int) -> State:
+        if isinstance(setup, str):
+            return self._single(setup, state) if setup in self.adapters else state
+        return getattr(self, f"_{type(setup).__name__.lower()}")(setup, state, level)
+
+    def _child(self, parent, child, state: State, level: int) -> State:
+        if isinstance(child, C.Block):
+            C.validate(parent, level)  # AdapterHub checks nesting at run time too
+            return self.compose(child, state, level + 1)
+        return self._single(child, state) if child in self.adapters else None
+
+    def _pre(self, name_or_block, state: State, query_before_ln=False) -> tuple[State, torch.Tensor | None]:
+        name = name_or_block if isinstance(name_or_block, str) else name_or_block.first()
+        adapter = self.adapters[name] if name in self.adapters else None
+        if adapter is None:
+            return state, None
+        hidden, query, residual = adapter.pre_forward(state.hidden, state.x, state.ln, query_before_ln)
+        return state._replace(hidden=hidden, residual=residual), query
+
+    def _single(self, name: str, state: State) -> State:
+        out, up = self.adapters[name](state.hidden, state.residual)
+        return state._replace(hidden=out, up=up, last=name)
+
+    def _stack(self, block: C.Stack, state: State, level: int) -> State:
+        for child in block:
+            if isinstance(child, C.Block):
+                state = self._child(block, child, state, level)
+            elif child in self.adapters:
+                state, _ = self._pre(child, state)
+                state = self._single(child, state)
+        return state
+
+    def _fuse(self, block: C.Fuse, state: State, level: int) -> State:
+        fusion = self.adapter_fusion_layer[block.name] if block.name in self.adapter_fusion_layer else None
+        if fusion is None:
+            raise AdapterConfigError(
+                f"no fusion layer {block.name!r} at layer {self.layer_idx}; add it with add_fusion({block.flatten()})"
+            )
+        last = block.last()
+        state, query = self._pre(last, state, fusion.config.query_before_ln)
+        children = [s for s in (self._child(block, c, state, level) for c in block) if s is not None]
+        up = torch.stack([s.up for s in children], dim=2)  # (B, T, N, H)
+        return state._replace(hidden=fusion(query, up, state.residual), last=last)
+
+    def _split(self, block: C.Split, state: State, level: int) -> State:
+        if sum(block.splits) != state.hidden.shape[1]:
+            raise AdapterConfigError(
+                f"Split sizes {block.splits} add up to {sum(block.splits)}, but the sequence has "
+                f"{state.hidden.shape[1]} positions; make them add up (pad to a fixed length)"
+            )
+        state, _ = self._pre(block, state)
+        outs, last, start = [], None, 0
+        for child, n in zip(block, block.splits):
+            part = State(*(t[:, start : start + n] if torch.is_tensor(t) else t for t in state))
+            s = self._child(block, child, part, level) or part
+            outs.append(s.hidden)
+            last = s.last or last
+            start += n
+        return state._replace(hidden=torch.cat(outs, dim=1), last=last)
+
+    def _rows(self, block, state: State, level: int, sizes: list[int]) -> State:
+        """Children each on their own rows of the batch; the rows are joined again after."""
+        parts, start = [], 0
+        for child, n in zip(block, sizes):
+            part = State(*(t[start : start + n] if torch.is_tensor(t) else t for t in state))
+            parts.append(self._child(block, child, part, level) or part)
+            start += n
+        cat = lambda ts: torch.cat(ts, dim=0) if ts[0] is not None else None  # noqa: E731
+        return State(
+            cat([p.hidden for p in parts]), cat([p.x for p in parts]), cat([p.residual for p in parts]),
+            state.ln, None, parts[-1].last,
+        )
+
+    def _batchsplit(self, block: C.BatchSplit, state: State, level: int) -> State:
+        if sum(block.batch_sizes) != state.hidden.shape[0]:
+            raise AdapterConfigError(
+                f"BatchSplit sizes {block.batch_sizes} add up to {sum(block.batch_sizes)}, but the batch has "
+                f"{state.hidden.shape[0]} rows; make batch_sizes add up to the batch size"
+            )
+        state, _ = self._pre(block, state)
+        return self._rows(block, state, level, block.batch_sizes)
+
+    def _parallel(self, block: C.Parallel, state: State, level: int) -> State:
+        n = len(block)
+        if state.hidden.shape[0] % n:
+            raise AdapterConfigError(f"a Parallel batch of {state.hidden.shape[0]} rows does not split into {n} copies")
+        state, _ = self._pre(block, state)
+        rows = state.hidden.shape[0] // n
+        return self._rows(block, state, level, [rows] * n)
+
+    def _average(self, block: C.Average, state: State, level: int) -> State:
+        state, _ = self._pre(block, state)
+        children = [s for s in (self._child(block, c, state, level) for c in block) if s is not None]
+        weights = torch.tensor(block.weights, dtype=state.hidden.dtype, device=state.hidden.device)
+        # The weighted mean (weights sum to 1). AdapterHub 1.3 takes mean(w * h), which divides by
+        # the number of adapters once more; we follow the definition instead.
+        mean = (torch.stack([s.hidden for s in children]) * weights[:, None, None, None]).sum(dim=0)
+        return state._replace(hidden=mean, last=children[-1].last)
+
+    def add_fusion(self, name: str, config, hidden_size: int, dropout_prob: float) -> None:
+        self.adapter_fusion_layer[name] = Fusion(config, hidden_size, dropout_prob)
+
+
+def _has(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
