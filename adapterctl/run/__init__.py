@@ -1,0 +1,1 @@
+"""Runners: train, evaluate, fuse, export, predict (one module each)."""
