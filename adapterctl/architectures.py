@@ -36,6 +36,7 @@ class Family:
     sites: dict  # {"mh_adapter": Site, "output_adapter": Site}
     embeddings: str
     qkv: tuple[str, str, str]  # query, key, value projections inside a layer (for LoRA-like methods)
+    layer_input: tuple[str, int] = ("hidden_states", 0)  # a layer's hidden-states argument: name, position
 
 
 _BERT_LIKE = Family(

@@ -59,6 +59,8 @@ class AdapterModel(nn.Module):
         self.context = ForwardContext()
         self.active_head: str | list[str] | None = None
         self._layers: dict[tuple[int, str], AdapterLayer] = {}
+        for layer in self.backbone.get_submodule(self.family.layers):
+            layer.register_forward_pre_hook(self._repeat_rows_for_parallel, with_kwargs=True)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "AdapterModel":
@@ -72,6 +74,24 @@ class AdapterModel(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size if hasattr(self.config, "hidden_size") else self.config.dim
+
+    def _repeat_rows_for_parallel(self, layer, args, kwargs):
+        """Parallel replicates the hidden states inside some layer; the layers after it still get
+        the encoder's B-row attention mask (and other per-row inputs): repeat them to N*B rows.
+        (AdapterHub patches each model's attention code for this; a hook keeps ours unpatched.)"""
+        name, pos = self.family.layer_input
+        hidden = kwargs[name] if name in kwargs else args[pos]
+        rows = self.context.batch_size
+        if rows is None or hidden.shape[0] == rows:
+            return None
+        copies = hidden.shape[0] // rows
+
+        def repeat(t):
+            if torch.is_tensor(t) and t is not hidden and t.dim() >= 2 and t.shape[0] == rows:
+                return t.repeat(copies, *[1] * (t.dim() - 1))
+            return t
+
+        return tuple(repeat(a) for a in args), {k: repeat(v) for k, v in kwargs.items()}
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -113,14 +133,14 @@ class AdapterModel(nn.Module):
                 if getattr(config, site_key):
                     size = config.bottleneck_size(self.hidden_size, idx)
                     module = Bottleneck(config, self.hidden_size, size)
-                    self._adapter_layer(idx, site_key).adapters[name] = module.to(self._device())
+                    self._adapter_layer(idx, site_key).adapters[name] = self._like_model(module)
         self.adapters_config[name] = config
         if set_active:
             self.set_active_adapters(name)
 
-    def _device(self):
-        p = next(self.backbone.parameters())
-        return p.device
+    def _like_model(self, module: nn.Module) -> nn.Module:
+        """A new module on the backbone's device, in the model's train/eval mode."""
+        return module.to(next(self.backbone.parameters()).device).train(self.training)
 
     def has_adapter(self, name: str) -> bool:
         return name in self.adapters_config
@@ -170,7 +190,7 @@ class AdapterModel(nn.Module):
         for layer in self._layers.values():
             if any(n in layer.adapters for n in names):
                 layer.add_fusion(fuse.name, config, self.hidden_size, dropout)
-                layer.adapter_fusion_layer[fuse.name].to(self._device())
+                self._like_model(layer.adapter_fusion_layer[fuse.name])
         self.fusions_config[fuse.name] = config
         if set_active:
             self.set_active_adapters(fuse)
@@ -209,7 +229,7 @@ class AdapterModel(nn.Module):
         if dropout is None:
             dropout = getattr(self.config, "hidden_dropout_prob", getattr(self.config, "dropout", 0.0))
         head = build_head(name, head_type, self.hidden_size, dropout, **config)
-        self.heads[name] = head.to(self._device())
+        self.heads[name] = self._like_model(head)
         if set_active:
             self.active_head = name
         return head
