@@ -30,13 +30,12 @@ class PredictionHead(nn.Sequential):
     head_type: str
     defaults: dict = {}
 
-    def __init__(self, name: str, config: dict, hidden_size: int, dropout_prob: float):
+    def __init__(self, name: str, config: dict, hidden_size: int, default_dropout: float):
         super().__init__()
         self.name = name
         self.config = {"head_type": self.head_type, **self.defaults, **config}
         c = self.config
-        if c.get("dropout_prob") is not None:
-            dropout_prob = c["dropout_prob"]
+        dropout_prob = c["dropout_prob"] if c.get("dropout_prob") is not None else default_dropout
         out_size = self.out_size()
         bias = c.get("bias", True)
         layers: list[nn.Module] = []
@@ -165,7 +164,7 @@ HEADS: dict[str, type[PredictionHead]] = {
 ALIASES = {"regression": ("classification", {"num_labels": 1}), "token_classification": ("tagging", {})}
 
 
-def build_head(name: str, head_type: str, hidden_size: int, dropout_prob: float, **config) -> PredictionHead:
+def build_head(name: str, head_type: str, hidden_size: int, default_dropout: float, **config) -> PredictionHead:
     """A head by type name; ``id2label`` (dict or list of names) becomes AdapterHub's ``label2id``."""
     if head_type in ALIASES:
         head_type, extra = ALIASES[head_type]
@@ -190,4 +189,4 @@ def build_head(name: str, head_type: str, hidden_size: int, dropout_prob: float,
         raise AdapterConfigError(
             f"unknown option(s) {', '.join(sorted(unknown))} for a {head_type} head; valid: {', '.join(cls.defaults)}"
         )
-    return cls(name, config, hidden_size, dropout_prob)
+    return cls(name, config, hidden_size, default_dropout)

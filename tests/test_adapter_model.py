@@ -1,0 +1,130 @@
+"""AdapterModel on tiny random backbones of every family: placement, identity, freezing, counts."""
+
+import pytest
+import torch
+from transformers import AutoModel, BertConfig
+
+from adapterctl import AdapterConfigError, AdapterModel, AdapterNotFoundError, UnsupportedModelError
+from conftest import FAMILIES, batch, perturb, tiny_backbone, tiny_model
+
+PRESETS = ["pfeiffer", "houlsby", "parallel"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_fresh_adapter_is_an_identity(family, preset):
+    model = tiny_model(family)
+    inputs = batch()
+    with torch.no_grad():
+        bare = tiny_backbone(family)(**inputs).last_hidden_state
+        model.add_adapter("a", preset, set_active=True)
+        with_adapter = model(**inputs).hidden_states
+    assert (with_adapter - bare).abs().max().item() <= 1e-6
+    # ... and a trained (perturbed) adapter really sits in the forward pass
+    perturb(model, ".a.")
+    with torch.no_grad():
+        assert (model(**inputs).hidden_states - bare).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("init", ["bert", "houlsby"])
+def test_adapterhub_inits_stay_selectable(init):
+    model = tiny_model()
+    model.add_adapter("a", "pfeiffer", init_weights=init, set_active=True)
+    up = model.backbone.encoder.layer[0].output.adapters["a"].adapter_up.weight
+    assert up.abs().sum() > 0  # these inits do not start at the identity
+    model.add_adapter("m", "pfeiffer", init_weights="mam_adapter")
+    assert model.backbone.encoder.layer[0].output.adapters["m"].adapter_up.weight.abs().sum() == 0
+
+
+def test_placement_sites_and_leave_out():
+    model = tiny_model()
+    model.add_adapter("h", "houlsby", leave_out=[1])
+    model.add_adapter("p", "pfeiffer")
+    keys = [k for k in model.state_dict() if ".adapters." in k]
+    assert "bert.encoder.layer.0.attention.output.adapters.h.adapter_down.0.weight" in keys
+    assert "bert.encoder.layer.0.output.adapters.h.adapter_up.weight" in keys
+    assert not any("layer.1" in k and ".h." in k for k in keys)
+    assert not any("attention" in k and ".p." in k for k in keys)  # pfeiffer: after the FFN only
+
+
+@pytest.mark.parametrize("preset, expected", [("pfeiffer", 894_528), ("houlsby", 1_789_056)])
+def test_parameter_counts_follow_adapterhub(preset, expected):
+    config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=8,
+                        vocab_size=8, max_position_embeddings=8)
+    model = AdapterModel(AutoModel.from_config(config))
+    model.add_adapter("a", preset, reduction_factor=16)
+    row = model.adapter_summary(as_dict=True)[0]
+    assert (row["name"], row["method"], row["params"]) == ("a", preset, expected)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_train_adapter_freezes_all_but_adapter_and_head(family):
+    model = tiny_model(family)
+    model.add_adapter("a", "houlsby")
+    model.add_adapter("other", "pfeiffer")
+    model.add_head("a", num_labels=2)
+    model.add_head("other", num_labels=2)
+    model.train_adapter("a")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapters.a." in n or n.startswith("heads.a.") for n in trainable)
+    assert {n for n in trainable if n.startswith("heads.")} == {n for n, _ in model.named_parameters()
+                                                                if n.startswith("heads.a.")}
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = batch()
+    out = model(**inputs, labels=torch.tensor([0, 1, 1]))
+    out.loss.backward()
+    opt.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert model.training
+
+
+def test_heads_of_every_type_give_shapes_and_losses():
+    model = tiny_model()
+    model.add_adapter("a", "pfeiffer", set_active=True)
+    inputs = batch(rows=4)
+    cases = {
+        "classification": (dict(num_labels=3), torch.tensor([0, 1, 2, 0]), (4, 3)),
+        "regression": ({}, torch.tensor([0.5, 1.0, -1.0, 2.0]), (4, 1)),
+        "multilabel_classification": (dict(num_labels=3), torch.tensor([[1, 0, 1]] * 4), (4, 3)),
+        "tagging": (dict(num_labels=5), torch.randint(0, 5, (4, 9)), (4, 9, 5)),
+    }
+    for head_type, (kw, labels, shape) in cases.items():
+        model.add_head(head_type, head_type, **kw)
+        out = model(**inputs, labels=labels, head=head_type)
+        assert tuple(out.logits.shape) == shape and out.loss.ndim == 0 and torch.isfinite(out.loss)
+    model.add_head("mc", "multiple_choice", num_choices=2)
+    mc = {k: v.view(2, 2, -1) for k, v in inputs.items()}
+    out = model(**mc, labels=torch.tensor([1, 0]), head="mc")
+    assert tuple(out.logits.shape) == (2, 2) and torch.isfinite(out.loss)
+    model.add_head("qa", "question_answering")
+    out = model(**inputs, head="qa", start_positions=torch.tensor([1, 2, 0, 3]), end_positions=torch.tensor([2, 4, 0, 3]))
+    assert tuple(out.logits[0].shape) == (4, 9) and torch.isfinite(out.loss)
+
+
+def test_bad_input_is_refused_with_a_fix():
+    model = tiny_model()
+    model.add_adapter("a", "pfeiffer")
+    with pytest.raises(AdapterConfigError, match="already exists.*overwrite_ok=True"):
+        model.add_adapter("a", "houlsby")
+    with pytest.raises(AdapterConfigError, match="unknown adapter config 'housby'"):
+        model.add_adapter("b", "housby")
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 'zzz' \\(adapters: a\\)"):
+        model.set_active_adapters("zzz")
+    with pytest.raises(AdapterConfigError, match="unknown head type"):
+        model.add_head("h", "clasification")
+    from transformers import GPT2Config
+    with pytest.raises(UnsupportedModelError, match="supports bert, distilbert, electra, roberta, xlm-roberta"):
+        AdapterModel(AutoModel.from_config(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=99)))
+
+
+def test_delete_adapter_restores_the_bare_model():
+    model = tiny_model()
+    inputs = batch()
+    with torch.no_grad():
+        bare = model(**inputs).hidden_states
+        model.add_adapter("a", "houlsby", set_active=True)
+        perturb(model, ".a.")
+        model.delete_adapter("a")
+        assert torch.equal(model(**inputs).hidden_states, bare)
+    assert not any(".adapters.a." in k for k in model.state_dict())

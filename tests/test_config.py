@@ -1,0 +1,73 @@
+"""Adapter configs: presets, the string form, dicts, files, validation and AdapterHub's hash."""
+
+import json
+
+import pytest
+
+from adapterctl import AdapterConfigError, BnConfig, config_hash, load_config
+
+
+def test_presets_match_adapterhub_defaults():
+    pf, ho, par = load_config("pfeiffer"), load_config("houlsby"), load_config("parallel")
+    assert (pf.mh_adapter, pf.output_adapter, pf.original_ln_before, pf.non_linearity, pf.reduction_factor) == (
+        False, True, True, "relu", 16)
+    assert (ho.mh_adapter, ho.output_adapter, ho.original_ln_before, ho.non_linearity) == (True, True, False, "swish")
+    assert (par.is_parallel, par.scaling, par.reduction_factor, par.init_weights) == (True, 4.0, 2, "mam_adapter")
+    assert load_config("seq_bn") == pf and load_config("double_seq_bn") == ho and load_config("par_bn") == par
+    assert pf.init_weights == "identity"
+
+
+def test_string_form_dict_object_and_file(tmp_path):
+    c = load_config("pfeiffer[reduction_factor=8, non_linearity='gelu']")
+    assert (c.reduction_factor, c.non_linearity) == (8, "gelu")
+    assert load_config(c) is c
+    assert load_config({"preset": "houlsby", "reduction_factor": 32}).reduction_factor == 32
+    assert load_config(c.to_dict()) == c
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({"config": c.to_dict(), "name": "x"}))
+    assert load_config(str(path)) == c
+    assert load_config(tmp_path) == c  # a folder holding adapter_config.json
+    assert load_config("houlsby", leave_out=[0, 1]).leave_out == (0, 1)
+
+
+def test_per_layer_reduction_factor():
+    c = load_config("pfeiffer", reduction_factor={"1": 8, "default": 16})
+    assert c.bottleneck_size(768, 0) == 48 and c.bottleneck_size(768, 1) == 96
+    with pytest.raises(AdapterConfigError, match="default"):
+        load_config("pfeiffer", reduction_factor={"1": 8}).bottleneck_size(768, 0)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("pfeifer", "unknown adapter config 'pfeifer'; choose one of"),
+        ("pfeiffer[reduction_factor=]", "malformed adapter config string"),
+        ("pfeiffer[reduction_factor=8", "malformed adapter config string"),
+        ("pfeiffer[8]", "malformed adapter config string"),
+        ("pfeiffer[reduction_factor=0]", "reduction_factor must be a number > 0"),
+        ("pfeiffer[reduction_factor=-4]", "reduction_factor must be a number > 0"),
+        ("pfeiffer[colour=1]", "unknown adapter config field"),
+        ("pfeiffer[non_linearity='relux']", "unknown non_linearity 'relux'"),
+        ("pfeiffer[init_weights='xavier']", "unknown init_weights 'xavier'"),
+        ({"mh_adapter": True}, "lacks output_adapter, reduction_factor, non_linearity"),
+        ({"architecture": "lora"}, "architecture 'lora' is not supported"),
+        (3.5, "cannot read an adapter config from float"),
+    ],
+)
+def test_bad_configs_name_the_problem_and_the_fix(spec, message):
+    with pytest.raises(AdapterConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(spec)
+
+
+def test_adapterhub_config_hash():
+    # AdapterHub's index keys (its docs and index files): Pfeiffer and Houlsby at their defaults.
+    assert config_hash(load_config("pfeiffer")) == "9076f36a74755ac4"
+    assert config_hash(load_config("houlsby")) == "b1017368d7a97b11"
+    assert config_hash(load_config("pfeiffer", reduction_factor=8)) != "9076f36a74755ac4"
+
+
+def test_config_is_frozen():
+    c = load_config("pfeiffer")
+    with pytest.raises(Exception):
+        c.reduction_factor = 2
+    assert isinstance(c.replace(reduction_factor=2), BnConfig)
