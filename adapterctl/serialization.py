@@ -112,8 +112,13 @@ def _write_head(model: "AdapterModel", folder: Path, name: str) -> None:
 
 def save_adapter(model: "AdapterModel", directory: Path, name: str, with_head: bool = True,
                  overwrite: bool = False, metadata: dict | None = None) -> Path:
+    config = model.adapters_config[name].to_dict()
+    if config["init_weights"] == "identity":
+        # AdapterHub knows no "identity" init and would refuse the file; the init of saved
+        # (trained) weights no longer matters, so we write its default.
+        config["init_weights"] = "bert"
     with atomic_dir(directory, overwrite) as tmp:
-        env = envelope(model, name, model.adapters_config[name].to_dict())
+        env = envelope(model, name, config)
         if metadata:
             env["adapterctl"] = metadata
         _write(tmp, ADAPTER_CONFIG, env, ADAPTER_WEIGHTS[0], _select(model, rf"\.adapters\.{re.escape(name)}\."))
@@ -125,7 +130,7 @@ def save_adapter(model: "AdapterModel", directory: Path, name: str, with_head: b
 def save_fusion(model: "AdapterModel", directory: Path, name: str, with_head: bool = True,
                 overwrite: bool = False) -> Path:
     with atomic_dir(directory, overwrite) as tmp:
-        env = envelope(model, name, model.fusions_config[name].to_dict())
+        env = {"adapter_names": name.split(","), **envelope(model, name, model.fusions_config[name].to_dict())}
         _write(tmp, FUSION_CONFIG, env, FUSION_WEIGHTS[0],
                _select(model, rf"\.adapter_fusion_layer\.{re.escape(name)}\."))
         if with_head and name in model.heads:

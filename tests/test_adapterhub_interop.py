@@ -1,0 +1,78 @@
+"""Adapters, heads and fusions saved by AdapterHub's ``adapters`` 1.3.0 give its outputs here.
+
+The fixtures (tests/fixtures/adapterhub, made by make_fixtures.py in a separate environment)
+hold tiny BERT and RoBERTa backbones, perturbed adapters in both file formats, and the outputs
+that library computed on a padded batch.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adapterctl import AdapterModel, Fuse, Parallel, Stack
+
+FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub"
+TOL = 1e-5
+
+
+def load(family, fmt, names, fusion=False):
+    model = AdapterModel.from_pretrained(FIXTURES / family / "backbone").eval()
+    for name in names:
+        model.load_adapter(FIXTURES / family / fmt / name)
+    if fusion:
+        model.load_fusion(FIXTURES / family / fmt / "fuse_f1_f2_f3")
+    return model
+
+
+def outputs(model, ref, setup, head=None):
+    model.set_active_adapters(setup)
+    with torch.no_grad():
+        out = model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"], head=head)
+    return out
+
+
+def close(a, b):
+    assert a.shape == b.shape
+    diff = (a - b).abs().max().item()
+    assert diff <= TOL, diff
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_single_adapters_and_stack(family, fmt):
+    ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
+    model = load(family, fmt, ["pf", "ho", "par"])
+    for name in ["pf", "ho", "par"]:
+        out = outputs(model, ref, name)
+        close(out.hidden_states, ref[f"{name}.hidden"])
+        close(out.logits, ref[f"{name}.logits"])
+    out = outputs(model, ref, Stack("pf", "ho"))
+    close(out.hidden_states, ref["stack_pf_ho.hidden"])
+    close(out.logits, ref["stack_pf_ho.logits"])
+    model.set_active_adapters(None)
+    with torch.no_grad():
+        close(model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"]).hidden_states,
+              ref["base.hidden"])
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_fusion(family, fmt):
+    ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
+    model = load(family, fmt, ["f1", "f2", "f3"], fusion=True)
+    out = outputs(model, ref, Fuse("f1", "f2", "f3"))
+    assert out.head == "f1,f2,f3"
+    close(out.hidden_states, ref["fuse_f1_f2_f3.hidden"])
+    close(out.logits, ref["fuse_f1_f2_f3.logits"])
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_parallel(family):
+    ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
+    model = load(family, "safetensors", ["pf", "f1"])
+    out = outputs(model, ref, Parallel("pf", "f1"))
+    close(out.hidden_states, ref["parallel_pf_f1.hidden"])
+    close(out.logits[0], ref["parallel_pf_f1.logits.0"])
+    close(out.logits[1], ref["parallel_pf_f1.logits.1"])
