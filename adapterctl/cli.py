@@ -1,0 +1,131 @@
+"""``adapterctl <command> key=value ...``: one entry point, Hydra-composed from ``conf/``.
+
+Commands: train, evaluate, predict, export, fuse, recipes, hub. ``-m``/``--multirun``
+sweeps comma-separated values (``adapter=houlsby,pfeiffer seed=1,2``): one run folder per
+combination and a summary of their metrics. User errors print as one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+USAGE = """usage: adapterctl <command> [-m] [key=value ...]
+
+commands:
+  train      train an adapter (or the full model: adapter=none) on a task
+  evaluate   score a run (run=<folder>) or an adapter (adapter=<folder> task=<task>)
+  predict    labels and scores for texts (text=...) or a file (file=...)
+  export     pack a run's adapter with its Hub card (run=<folder>)
+  fuse       train an AdapterFusion over adapters (adapters=[a,b,c] task=<task>)
+  recipes    list the whole-run recipes in recipes/
+  hub        search, pull and push adapters (adapterctl hub --help)
+
+-m, --multirun   one run per combination of comma-separated values
+"""
+
+# command -> module (with run(args) or main(args)); export, fuse and hub belong to other parts.
+COMMANDS = {
+    "train": "adapterctl.run.train",
+    "evaluate": "adapterctl.run.evaluate",
+    "predict": "adapterctl.run.predict",
+    "export": "adapterctl.run.export",
+    "fuse": "adapterctl.run.fuse",
+    "hub": "adapterctl.hub.cli",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (0 ok, 1 user error, 2 usage)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command, args = argv[0], argv[1:]
+    from .errors import AdapterError
+
+    try:
+        if command == "recipes":
+            return list_recipes()
+        if command not in COMMANDS:
+            print(f"adapterctl: unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'recipes'])}",
+                  file=sys.stderr)
+            return 2
+        module = _module(command)
+        multirun = [a for a in args if a in ("-m", "--multirun")]
+        args = [a for a in args if a not in ("-m", "--multirun")]
+        if multirun:
+            return multirun_(command, module, args)
+        result = module.run(args) if hasattr(module, "run") else module.main(args)
+        return result if isinstance(result, int) else 0
+    except (AdapterError, FileExistsError) as e:
+        print(f"adapterctl {command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adapterctl {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _module(command: str):
+    from .errors import AdapterConfigError
+
+    try:
+        return importlib.import_module(COMMANDS[command])
+    except ModuleNotFoundError as e:
+        if e.name and COMMANDS[command].startswith(e.name):
+            raise AdapterConfigError(f"the {command} command is not available in this installation yet") from None
+        raise
+
+
+def multirun_(command: str, module, args: list[str]) -> int:
+    """Each combination runs in its own folder under ``outputs/<command>/<date>_<time>/<n>``;
+    ``summary.json`` and ``summary.csv`` there list each job's overrides and metrics."""
+    from .errors import AdapterConfigError
+    from .run import folders, settings
+
+    if any(a.startswith("output_dir=") for a in args):
+        raise AdapterConfigError("output_dir cannot be set in a multirun: each job gets its own folder")
+    jobs = settings.sweep(args)
+    sweep_dir = folders.new_folder(command, None)
+    print(f"multirun: {len(jobs)} job(s) in {sweep_dir}", file=sys.stderr)
+    summary = []
+    for n, job in enumerate(jobs):
+        folder = module.run([*job, f"output_dir={sweep_dir / str(n)}"])
+        summary.append({"job": n, "overrides": job, "folder": str(folder),
+                        **json.loads((Path(folder) / folders.METRICS_JSON).read_text())})
+    folders.write_json(sweep_dir / "summary.json", {"jobs": summary})
+    _write_summary_csv(sweep_dir / "summary.csv", summary)
+    print((sweep_dir / "summary.csv").read_text(), end="")
+    return 0
+
+
+def _write_summary_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    keys = ["job", "overrides"] + sorted({k for r in rows for k in r} - {"job", "overrides", "folder"}) + ["folder"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({**r, "overrides": " ".join(r["overrides"])} for r in rows)
+
+
+def list_recipes() -> int:
+    """Each recipe's name, the first line of its description and its launch command."""
+    from .run.settings import recipes_dir
+
+    found = sorted(recipes_dir().glob("*.yaml"))
+    if not found:
+        print(f"no recipes in {recipes_dir()}")
+        return 0
+    for path in found:
+        comments = [line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#")]
+        launch = next((c for c in comments if c.startswith("adapterctl ")), f"adapterctl train recipe={path.stem}")
+        about = next((c for c in comments if c and not c.startswith("adapterctl ")), "")
+        print(f"{path.stem:<34}{about}\n{'':<34}$ {launch}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

