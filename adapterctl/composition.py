@@ -220,7 +220,20 @@ def validate(block: Block, level: int = 0) -> None:
         if not isinstance(child, allowed) or type(child) not in allowed:
             names = ", ".join("adapter names" if t is str else t.__name__ for t in allowed)
             raise AdapterConfigError(
-                f"cannot nest {type(child).__name__} inside {type(block).__name__} ({block!r}); "
-                f"{type(block).__name__} may hold: {names}"
+                f"cannot nest {type(child).__name__} inside {type(block).__name__} ({block!r}): "
+                f"{_why_not(block, child)}; {type(block).__name__} may hold: {names}"
             )
         validate(child, level + 1)
+
+
+def _why_not(parent: Block, child: Block) -> str:
+    """The reason behind a rule of ALLOWED_NESTINGS, for the error message."""
+    if isinstance(child, Parallel):
+        return "Parallel replicates the whole batch, so it can only be the setup itself or a step of a Stack"
+    if isinstance(child, Fuse):
+        return "a fusion layer attends over whole adapter outputs, so Fuse can only be the setup itself or a step of a Stack"
+    if isinstance(parent, Fuse):
+        return "Fuse attends over its children's outputs at every row and position, so each child must be one output"
+    if type(child) is type(parent):
+        return f"a {type(child).__name__} inside a {type(parent).__name__} is one flat {type(parent).__name__}; write it flat"
+    return "AdapterHub's nesting rules do not allow it, and we keep them so that saved setups load in both libraries"

@@ -206,6 +206,8 @@ class AdapterLayer(nn.Module):
     def _child(self, parent, child, state: State, level: int) -> State:
         if isinstance(child, C.Block):
             C.validate(parent, level)  # AdapterHub checks nesting at run time too
+            if isinstance(child, C.Stack):  # every other block ran the site's pre step already
+                return self._stack(child, state, level + 1, entered=True)
             return self.compose(child, state, level + 1)
         return self._single(child, state) if child in self.adapters else None
 
@@ -221,12 +223,17 @@ class AdapterLayer(nn.Module):
         out, up = self.adapters[name](state.hidden, state.residual)
         return state._replace(hidden=out, up=up, last=name)
 
-    def _stack(self, block: C.Stack, state: State, level: int) -> State:
+    def _stack(self, block: C.Stack, state: State, level: int, entered: bool = False) -> State:
+        """Each adapter runs its pre step, then itself. ``entered``: the parent block ran the
+        first pre step. (AdapterHub 1.3 runs it again there, which for pfeiffer normalizes twice
+        and makes ``Parallel(Stack(a, b), ...)`` differ from ``Stack(a, b)`` alone; we do not.)"""
         for child in block:
             if isinstance(child, C.Block):
                 state = self._child(block, child, state, level)
             elif child in self.adapters:
-                state, _ = self._pre(child, state)
+                if not entered:
+                    state, _ = self._pre(child, state)
+                entered = False
                 state = self._single(child, state)
         return state
 

@@ -1,0 +1,216 @@
+"""Composition blocks against references computed by hand on tiny models.
+
+The hand references run a bare copy of the backbone whose feed-forward output step
+``LayerNorm(h + x)`` is replaced by the block's formula written out here, with the adapters'
+own weights; pfeiffer adapters sit only at that step. One pfeiffer adapter at a site computes
+``out = f(LN(h + x)) + h`` and the site returns ``LN(out + x)`` (AdapterHub's placement).
+"""
+
+import pytest
+import torch
+
+from adapterctl import (
+    AdapterConfigError, AdapterNotFoundError, Average, BatchSplit, Fuse, IncompatibleAdapterError, Parallel, Split,
+    Stack,
+)
+from adapterctl.composition import parse_setup
+from conftest import batch, perturb, tiny_backbone, tiny_model
+
+
+def pfeiffer_model(names="abc", family="bert"):
+    model = tiny_model(family)
+    for n in names:
+        model.add_adapter(n, "pfeiffer")
+    perturb(model, ".adapters.")
+    return model.eval()
+
+
+def f(model, name, idx, t):
+    """The bottleneck by hand: up(relu(down(t)))."""
+    adapter = model.backbone.encoder.layer[idx].output.adapters[name]
+    down, up = adapter.adapter_down[0], adapter.adapter_up
+    return torch.relu(t @ down.weight.T + down.bias) @ up.weight.T + up.bias
+
+
+@torch.no_grad()
+def by_hand(site, inputs):
+    """Last hidden state of a bare backbone whose FFN output step is ``site(idx, h, x, ln)``."""
+    bare = tiny_backbone("bert")
+    for idx, layer in enumerate(bare.encoder.layer):
+        out = layer.output
+
+        def forward(hidden_states, input_tensor, out=out, idx=idx):
+            return site(idx, out.dense(hidden_states), input_tensor, out.LayerNorm)
+
+        out.forward = forward
+    return bare(**inputs).last_hidden_state
+
+
+@torch.no_grad()
+def hidden(model, setup, inputs, **kw):
+    model.set_active_adapters(setup, **kw)
+    return model(**inputs).hidden_states
+
+
+def close(a, b):
+    return (a - b).abs().max().item() <= 1e-5
+
+
+def test_single_adapter_matches_hand_formula():
+    model, inputs = pfeiffer_model(), batch()
+
+    def site(i, h, x, ln):
+        return ln(f(model, "a", i, ln(h + x)) + h + x)
+
+    assert close(hidden(model, "a", inputs), by_hand(site, inputs))
+
+
+def test_stack_applies_the_adapters_in_order():
+    model, inputs = pfeiffer_model(), batch()
+
+    def site(i, h, x, ln):
+        for name in ("a", "b", "c"):  # each adapter: its pre step, then the bottleneck plus residual
+            h = f(model, name, i, ln(h + x)) + h
+        return ln(h + x)
+
+    ours = hidden(model, Stack("a", "b", "c"), inputs)
+    assert close(ours, by_hand(site, inputs))
+    assert close(hidden(model, ["a", "b", "c"], inputs), ours)  # the seed's list shorthand
+    assert not close(ours, hidden(model, Stack("c", "b", "a"), inputs))  # order matters
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 3.0]])
+def test_average_is_the_weighted_mean_of_outputs(weights):
+    model, inputs = pfeiffer_model(), batch()
+    w = [0.5, 0.5] if weights is None else [0.25, 0.75]
+
+    def site(i, h, x, ln):
+        t = ln(h + x)
+        return ln(sum(wi * (f(model, n, i, t) + h) for wi, n in zip(w, "ab")) + x)
+
+    assert close(hidden(model, Average("a", "b", weights=weights), inputs), by_hand(site, inputs))
+
+
+def test_split_gives_each_adapter_its_positions():
+    model, inputs = pfeiffer_model(), batch(length=9)
+
+    def site(i, h, x, ln):
+        t = ln(h + x)
+        out = torch.cat([f(model, "a", i, t)[:, :4], f(model, "b", i, t)[:, 4:]], dim=1)
+        return ln(out + h + x)
+
+    assert close(hidden(model, Split("a", "b", splits=[4, 5]), inputs), by_hand(site, inputs))
+
+
+def test_batch_split_rows_equal_each_adapter_alone_on_its_rows():
+    model, inputs = pfeiffer_model(), batch(rows=3)
+    ours = hidden(model, BatchSplit("a", Stack("b", "c"), batch_sizes=[1, 2]), inputs)
+    assert close(ours[:1], hidden(model, "a", inputs)[:1])
+    assert close(ours[1:], hidden(model, Stack("b", "c"), inputs)[1:])
+
+
+def heads_model(family, preset):
+    model = tiny_model(family)
+    for i, n in enumerate("abc"):
+        model.add_adapter(n, preset)
+        model.add_classification_head(n, num_labels=2 + i)
+    perturb(model, ".adapters.")
+    perturb(model, "heads.", seed=1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("preset", ["pfeiffer", "houlsby"])
+def test_parallel_logits_equal_each_adapter_alone(family, preset):
+    model, inputs = heads_model(family, preset), batch(rows=3)  # rows 1 and 2 are padded
+    with torch.no_grad():
+        model.set_active_adapters(Parallel("a", "b", "c"))
+        out = model(**inputs)
+        assert out.head == ["a", "b", "c"]
+        for name, logits in zip("abc", out.logits):
+            model.set_active_adapters(name)
+            assert close(logits, model(**inputs).logits)
+
+
+def test_parallel_of_stacks_with_adapterdrop_equals_each_stack_alone():
+    model, inputs = heads_model("bert", "pfeiffer"), batch(rows=3)
+    with torch.no_grad():
+        model.set_active_adapters(Parallel(Stack("a", "b"), Stack("a", "c")), skip_layers=[0])
+        parallel = model(**inputs).logits
+        for stack, logits in zip((Stack("a", "b"), Stack("a", "c")), parallel):
+            model.set_active_adapters(stack, skip_layers=[0])
+            assert close(logits, model(**inputs).logits)
+
+
+def test_skip_layers_removes_the_adapters_of_those_layers_only():
+    model, inputs = pfeiffer_model(), batch()
+
+    def site(i, h, x, ln):
+        return ln(h + x) if i == 0 else ln(f(model, "a", i, ln(h + x)) + h + x)
+
+    assert close(hidden(model, "a", inputs, skip_layers=[0]), by_hand(site, inputs))
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup, words", [
+    (Fuse("a", Parallel("b", "c")), ["Parallel inside Fuse", "replicates the whole batch"]),
+    (Fuse("a", Split("b", "c", splits=2)), ["Split inside Fuse", "each child must be one output"]),
+    (Average("a", Fuse("b", "c")), ["Fuse inside Average", "fusion layer attends"]),
+    (Stack("a", Stack("b", "c")), ["Stack inside Stack", "write it flat"]),
+    (Parallel("a", Split("b", "c", splits=2)), ["Split inside Parallel", "both libraries"]),
+])
+def test_nesting_errors_say_which_nesting_and_why(setup, words):
+    with pytest.raises(AdapterConfigError) as e:
+        parse_setup(setup)
+    for w in words:
+        assert w in str(e.value)
+    assert "may hold" in str(e.value)
+
+
+def test_too_deep_nesting_is_refused():
+    with pytest.raises(AdapterConfigError, match="too deep.*nested Stack may only hold adapter names"):
+        parse_setup(Parallel(Stack("a", Fuse("b", "c")), "d"))
+
+
+def test_batch_split_sizes_must_add_up_to_the_batch():
+    model = pfeiffer_model()
+    with pytest.raises(AdapterConfigError, match=r"add up to 3, but the batch has 4 rows"):
+        hidden(model, BatchSplit("a", "b", batch_sizes=[1, 2]), batch(rows=4))
+    with pytest.raises(AdapterConfigError, match="2 children but 3 batch_sizes"):
+        BatchSplit("a", "b", batch_sizes=[1, 1, 1])
+
+
+def test_split_sizes_must_add_up_to_the_sequence():
+    with pytest.raises(AdapterConfigError, match="add up to 6, but the sequence has 9"):
+        hidden(pfeiffer_model(), Split("a", "b", splits=3), batch(length=9))
+
+
+def test_fusion_over_a_missing_adapter_or_fusion_is_refused():
+    model = pfeiffer_model("ab")
+    with pytest.raises(AdapterNotFoundError, match="no adapter named 'zz'"):
+        model.add_fusion(["a", "zz"])
+    with pytest.raises(AdapterNotFoundError, match=r"no fusion layer 'a,b'; add it first with add_fusion"):
+        model.set_active_adapters(Fuse("a", "b"))
+
+
+def test_fusing_adapters_of_another_hidden_size_or_family_is_refused(tmp_path):
+    source = pfeiffer_model("ab")
+    source.add_fusion(["a", "b"])
+    for n in "ab":
+        source.save_adapter(tmp_path / n, n)
+    source.save_fusion(tmp_path / "a,b", "a,b")
+
+    wider = tiny_model("bert")
+    wider_config = wider.config.__class__(**{**wider.config.to_dict(), "hidden_size": 48})
+    from transformers import AutoModel
+    from adapterctl import AdapterModel
+
+    wider = AdapterModel(AutoModel.from_config(wider_config))
+    with pytest.raises(IncompatibleAdapterError, match="hidden size 32, but this model has 48"):
+        wider.load_adapter(tmp_path / "a")
+    with pytest.raises(IncompatibleAdapterError, match="hidden size 32"):
+        wider.load_fusion(tmp_path / "a,b")
+    with pytest.raises(IncompatibleAdapterError, match="trained for a bert model, but this model is distilbert"):
+        tiny_model("distilbert").load_adapter(tmp_path / "a")
