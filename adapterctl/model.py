@@ -396,6 +396,30 @@ class AdapterModel(nn.Module):
             self.set_active_adapters(C.Fuse(*name.split(",")))
         return name
 
+    def save_adapter_setup(self, directory, setup=None, overwrite: bool = False) -> Path:
+        """Save a whole setup (the active one by default) as AdapterHub does: ``adapter_setup.json``
+        plus one folder per adapter and per fusion, heads beside them."""
+        block = C.parse_setup(setup) if setup is not None else self.context.active_setup
+        if block is None:
+            raise AdapterConfigError("no adapter setup to save; pass one or activate one with set_active_adapters")
+        for name in block.flatten():
+            self._require_adapter(name)
+        self._check_fusions(block)
+        head_setup = _heads_of(block) if setup is not None else self.active_head
+        return serialization.save_setup(self, Path(directory), block, _fusions_in(block), head_setup, overwrite)
+
+    def load_adapter_setup(self, directory, set_active: bool = False):
+        """Load what ``save_adapter_setup`` wrote; returns ``(setup, head_setup)``."""
+        block, head_setup = serialization.read_setup(Path(directory))
+        C.validate(block)
+        for name in block.flatten():
+            self.load_adapter(Path(directory) / name)
+        for name in _fusions_in(block):
+            self.load_fusion(Path(directory) / name)
+        if set_active:
+            self.set_active_adapters(block)
+        return block, head_setup
+
     # -- reporting ------------------------------------------------------------------------
 
     def adapter_summary(self, as_dict: bool = False):

@@ -138,6 +138,32 @@ def save_fusion(model: "AdapterModel", directory: Path, name: str, with_head: bo
     return Path(directory)
 
 
+def save_setup(model: "AdapterModel", directory: Path, setup, fusions: list[str], head_setup,
+               overwrite: bool = False) -> Path:
+    """AdapterHub's ``save_adapter_setup`` layout: ``adapter_setup.json`` and one folder per
+    adapter and per fusion, named like it, each with its head."""
+    with atomic_dir(directory, overwrite) as tmp:
+        text = json.dumps({"adapter_setup": setup.to_dict(), "head_setup": head_setup,
+                           "version": f"adapterctl.{__version__}"}, indent=2)
+        (tmp / SETUP_CONFIG).write_text(text + "\n")
+        for name in setup.flatten():
+            save_adapter(model, tmp / name, name)
+        for name in fusions:
+            save_fusion(model, tmp / name, name)
+    return Path(directory)
+
+
+def read_setup(directory: Path):
+    """The setup block and head setup of an ``adapter_setup.json`` (ours or AdapterHub's)."""
+    from .composition import Block
+
+    data = read_json(Path(directory) / SETUP_CONFIG)
+    head_setup = data.get("head_setup")
+    if isinstance(head_setup, dict):
+        head_setup = Block.from_dict(head_setup)
+    return Block.from_dict(data.get("adapter_setup", data)), head_setup
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -223,8 +249,9 @@ def _assign(model: "AdapterModel", tensors: dict, expected: dict, path: Path) ->
             target.copy_(tensors[key].to(target.dtype))
 
 
-def resolve_source(source) -> Path:
-    """A local folder, or a Hub identifier resolved (and downloaded) by ``adapterctl.hub``."""
+def resolve_source(source, model: "AdapterModel | None" = None) -> Path:
+    """A local folder, or a Hub identifier resolved (and downloaded) by ``adapterctl.hub``;
+    given ``model``, only adapters that fit its backbone are candidates."""
     path = Path(source)
     if path.is_dir():
         return path
@@ -232,12 +259,12 @@ def resolve_source(source) -> Path:
         raise AdapterConfigError(f"{path} is a file; give the folder that holds {ADAPTER_CONFIG}")
     from . import hub  # only when a name is not a local folder
 
-    return hub.resolve(str(source))
+    return hub.resolve(str(source), model=model)
 
 
 def load_adapter(model: "AdapterModel", source, load_as=None, with_head=True, labels=None,
                  overwrite_ok=False) -> str:
-    path = resolve_source(source)
+    path = resolve_source(source, model)
     env = read_json(path / ADAPTER_CONFIG)
     check_backbone(model, env, path)
     config = load_config(env.get("config", env))
