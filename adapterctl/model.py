@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from . import architectures, serialization
 from . import composition as C
+from .adapterdrop import AdapterDrop
 from .config import BnConfig, load_config
 from .errors import AdapterConfigError, AdapterNotFoundError
 from .heads import PredictionHead, build_head
@@ -31,7 +32,11 @@ class ForwardContext:
 
     active_setup: C.Block | None = None
     skip_layers: set = field(default_factory=set)  # AdapterDrop: layers whose adapters are skipped
+    drop_below: int = 0  # AdapterDrop in training: this pass also skips the adapters of layers < drop_below
     batch_size: int | None = None  # rows before any Parallel replication
+
+    def skips(self, layer_idx: int) -> bool:
+        return layer_idx in self.skip_layers or layer_idx < self.drop_below
 
 
 @dataclass
@@ -57,6 +62,7 @@ class AdapterModel(nn.Module):
         self.adapters_config: dict[str, BnConfig] = {}
         self.fusions_config: dict[str, FusionConfig] = {}
         self.context = ForwardContext()
+        self.adapter_drop: AdapterDrop | None = None
         self.active_head: str | list[str] | None = None
         self._layers: dict[tuple[int, str], AdapterLayer] = {}
         for layer in self.backbone.get_submodule(self.family.layers):
@@ -264,6 +270,14 @@ class AdapterModel(nn.Module):
         if skip_layers is not None:
             self.context.skip_layers = set(skip_layers)
 
+    def set_adapter_drop(self, max_layer: int | None, p: float = 1.0) -> None:
+        """Robust AdapterDrop in training (see ``adapterdrop.AdapterDrop``); ``None`` turns it off."""
+        if max_layer is not None and max_layer > self._num_layers():
+            raise AdapterConfigError(
+                f"adapter_drop.max_layer={max_layer}, but the model has {self._num_layers()} layers; use at most that"
+            )
+        self.adapter_drop = AdapterDrop(max_layer, p) if max_layer is not None else None
+
     def _check_fusions(self, block) -> None:
         if isinstance(block, C.Fuse) and block.name not in self.fusions_config:
             raise AdapterNotFoundError(
@@ -327,6 +341,7 @@ class AdapterModel(nn.Module):
             input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
             rows = input_ids
         self.context.batch_size = rows.shape[0]
+        self.context.drop_below = self.adapter_drop.sample() if self.training and self.adapter_drop else 0
         backbone_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
         if token_type_ids is not None:
             backbone_kwargs["token_type_ids"] = token_type_ids

@@ -1,7 +1,19 @@
-"""The adapter Hub: YAML cards, an index, identifiers, backends, verified downloads."""
+"""The adapter Hub: YAML cards, an index, identifiers, backends, verified downloads.
+
+``resolve("sentiment/rotten_tomatoes@ukp")`` finds the adapter in the hubs named by
+``ADAPTERCTL_HUB``, downloads it into the cache (``ADAPTERCTL_CACHE``, else
+``~/.cache/adapterctl``) and returns its folder; ``AdapterModel.load_adapter`` calls it for
+any name that is not a local folder.
+"""
 
 from __future__ import annotations
 
+from .cache import Cache
+from .card import read_card, validate_card
+from .errors import AmbiguousAdapterError, CardError, DownloadError, UnknownAdapterError, UnsafeArchiveError
+from .hubs import Hub, configured_hubs, find, pull, resolve
 
-def resolve(identifier: str):
-    raise NotImplementedError("hub identifiers are being written (issue 6)")
+__all__ = [
+    "resolve", "find", "pull", "Hub", "configured_hubs", "Cache", "read_card", "validate_card",
+    "CardError", "UnknownAdapterError", "AmbiguousAdapterError", "UnsafeArchiveError", "DownloadError",
+]

@@ -179,7 +179,7 @@ class AdapterLayer(nn.Module):
 
     def active_setup(self):
         setup = self.context.active_setup
-        if setup is None or self.layer_idx in self.context.skip_layers:
+        if setup is None or self.context.skips(self.layer_idx):
             return None
         return setup if any(name in self.adapters for name in setup.flatten()) else None
 

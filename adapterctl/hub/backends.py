@@ -1,0 +1,215 @@
+"""Where hub files come from: a local folder, any static HTTP server, or the HF Hub.
+
+A hub backend reads small files whole (the index, cards) and streams large ones into an open
+file. The HTTP backend survives dropped connections: it retries with backoff and asks for the
+remaining bytes with a ``Range`` header, starting over only if the server ignores it.
+Verification is not a backend's job; the cache checks size and sha256 of whatever arrives.
+"""
+
+from __future__ import annotations
+
+import http.client
+import posixpath
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import yaml
+
+from .. import __version__
+from ..errors import CorruptFileError
+from .cache import file_digest, verify_file
+from .card import card_id
+from .errors import DownloadError
+
+CHUNK = 1 << 16
+_USER_AGENT = f"adapterctl/{__version__}"
+
+
+def is_url(location: str) -> bool:
+    return urllib.parse.urlsplit(str(location)).scheme in ("http", "https")
+
+
+def join(base: str, relative: str) -> str:
+    """``relative`` (a card's file url) against the folder of ``base`` (the card), inside the hub."""
+    path = posixpath.normpath(posixpath.join(posixpath.dirname(base), relative))
+    if path.startswith("../") or path == ".." or path.startswith("/"):
+        raise DownloadError(f"{relative!r} in {base} points outside the hub; refused")
+    return path
+
+
+class LocalBackend:
+    """A hub folder on this machine (or a mounted share)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    def _path(self, relative: str) -> Path:
+        return self.root.joinpath(*relative.split("/"))
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        path = self._path(relative)
+        return path.read_bytes() if path.is_file() else None
+
+    def fetch(self, relative: str, out: BinaryIO, progress) -> None:
+        path = self._path(relative)
+        if not path.is_file():
+            raise DownloadError(f"{path} is missing from the hub; run 'adapterctl hub index' there or re-push the adapter")
+        with path.open("rb") as src:
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                progress.update(len(chunk))
+
+
+class HttpBackend:
+    """A hub served by a static HTTP server (``python -m http.server``, nginx, GitHub Pages, ...)."""
+
+    def __init__(self, base_url: str, retries: int = 5, backoff: float = 0.5, timeout: float = 30.0):
+        self.location = base_url if base_url.endswith("/") else base_url + "/"
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+
+    def url(self, relative: str) -> str:
+        return urllib.parse.urljoin(self.location, relative)
+
+    def _open(self, url: str, headers: dict | None = None):
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT, **(headers or {})})
+        return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only, see is_url
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        url = self.url(relative)
+        for attempt in range(self.retries + 1):
+            try:
+                with self._open(url) as response:
+                    return response.read()
+            except urllib.error.HTTPError as e:
+                if e.code == 404:
+                    return None
+                if e.code < 500 or attempt == self.retries:
+                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                if attempt == self.retries:
+                    raise DownloadError(f"{url}: {e}; check the hub address and your connection") from None
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def fetch(self, relative: str, out: BinaryIO, progress) -> None:
+        """Stream ``relative`` into ``out``; on a dropped connection resume where it stopped."""
+        url, failures = self.url(relative), 0
+        while True:
+            written = out.tell()
+            try:
+                with self._open(url, {"Range": f"bytes={written}-"} if written else None) as response:
+                    if written and response.status != 206:  # Range ignored: start over
+                        out.seek(0)
+                        out.truncate()
+                        progress.reset()
+                    expected = response.headers.get("Content-Length")
+                    received = 0
+                    while chunk := response.read(CHUNK):
+                        out.write(chunk)
+                        received += len(chunk)
+                        progress.update(len(chunk))
+                    if expected is None or received >= int(expected):
+                        return
+                    raise http.client.IncompleteRead(b"", int(expected) - received)
+            except urllib.error.HTTPError as e:
+                if e.code == 416 and written:  # nothing beyond what we have: the size check decides
+                    return
+                if e.code < 500 and e.code not in (408, 429):
+                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+                error = e
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+                error = e
+            failures += 1
+            if failures > self.retries:
+                raise DownloadError(
+                    f"{url}: download incomplete after {failures} tries ({out.tell()} bytes; last error: {error!r}); "
+                    "check your connection and pull again"
+                )
+            time.sleep(self.backoff * 2 ** (failures - 1))
+
+
+def backend_for(location: str, **http):
+    return HttpBackend(location, **http) if is_url(location) else LocalBackend(Path(location).expanduser())
+
+
+class HfHubBackend:
+    """Adapter repos on the HF Hub (AdapterHub's own layout: the adapter files at the top).
+
+    ``api`` is an ``huggingface_hub.HfApi``; tests pass a stand-in, so everything but the
+    network itself is exercised offline.
+    """
+
+    def __init__(self, api=None, token=None):
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        self.api = api
+
+    def push(self, adapter_folder: Path, card: dict, repo_id: str, private: bool = False) -> str:
+        """Upload the adapter files and a model card built from ``card``; returns the commit URL."""
+        adapter_folder = Path(adapter_folder)
+        with tempfile.TemporaryDirectory(prefix="adapterctl-hf-") as tmp:
+            staging = Path(tmp)
+            for path in sorted(adapter_folder.iterdir()):
+                if path.is_file() and not path.is_symlink():
+                    shutil.copy2(path, staging / path.name)
+            (staging / "README.md").write_text(model_card(card, repo_id), encoding="utf-8")
+            self.api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            commit = self.api.upload_folder(repo_id=repo_id, folder_path=staging, repo_type="model",
+                                            commit_message=f"adapterctl: {card_id(card)} version {card['default_version']}")
+        return getattr(commit, "commit_url", str(commit))
+
+    def pull_into(self, repo_id: str, revision: str | None, folder: Path) -> str:
+        """Download the repo's top-level files into ``folder``, each checked against the Hub's
+        size and hash (sha256 for LFS files, the git blob sha1 otherwise); returns the commit."""
+        try:
+            info = self.api.model_info(repo_id, revision=revision, files_metadata=True)
+        except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth: all mean "cannot reach it"
+            raise DownloadError(f"hf:{repo_id}: cannot read the repo from the HF Hub ({type(e).__name__}: {e})") from None
+        for sibling in info.siblings:
+            name = sibling.rfilename
+            if "/" in name or name == ".gitattributes":
+                continue
+            path = Path(self.api.hf_hub_download(repo_id, name, revision=info.sha, local_dir=folder))
+            source = f"hf:{repo_id}@{info.sha}/{name}"
+            if sibling.lfs is not None:
+                verify_file(path, sibling.lfs.sha256, sibling.lfs.size, source)
+            elif sibling.blob_id and file_digest(path, "sha1", b"blob %d\0" % path.stat().st_size) != sibling.blob_id:
+                raise CorruptFileError(f"{source}: content does not match the Hub's git hash; nothing was kept")
+        shutil.rmtree(folder / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
+        return info.sha
+
+
+def model_card(card: dict, repo_id: str) -> str:
+    """The HF model card (README.md): metadata the HF Hub indexes, then how to use the adapter."""
+    backbone = card["backbone"]
+    meta = {
+        "library_name": "adapterctl",
+        "tags": ["adapterctl", "adapters", "adapter-transformers", backbone["model_type"], card["task"]],
+        "license": card["license"],
+    }
+    if card.get("dataset"):
+        meta["datasets"] = [card["dataset"]]
+    if backbone["model_name"] and not Path(backbone["model_name"]).is_absolute():
+        meta["base_model"] = backbone["model_name"]
+    metrics = "".join(f"| {k} | {v:.4f} |\n" for k, v in (card.get("metrics") or {}).items())
+    return "".join([
+        "---\n", yaml.safe_dump(meta, sort_keys=False), "---\n\n",
+        f"# {card_id(card)}: a {card['architecture']['name']} adapter for {backbone['model_name'] or backbone['model_type']}\n\n",
+        f"{card['description']}\n\n",
+        "## Usage\n\n```python\nfrom adapterctl import AdapterModel\n\n",
+        f"model = AdapterModel.from_pretrained({backbone['model_name'] or '<backbone>'!r})\n",
+        f"model.load_adapter(\"hf:{repo_id}\", set_active=True)\n```\n\n",
+        f"Architecture: `{card['architecture']['name']}` (config hash `{card['architecture']['config_hash']}`), "
+        f"hidden size {backbone['hidden_size']}.\n\n",
+        f"## Metrics\n\n| metric | value |\n|---|---|\n{metrics}\n" if metrics else "",
+        f"## Citation\n\n```\n{card['citation']}\n```\n" if card.get("citation") else "",
+    ])

@@ -1,0 +1,90 @@
+"""The download cache: every adapter in it arrived whole and verified, or is not there at all.
+
+Downloads go to a temporary folder inside the cache, are checked against the card's size and
+sha256, unpacked there, and only then moved into place with one ``os.replace`` (through
+``serialization.atomic_dir``). Any failure, Ctrl-C included, removes the temporary folder, so
+no half-written file is ever left for a later load to trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import CorruptFileError
+from ..serialization import ADAPTER_CONFIG, atomic_dir
+from .pack import unpack
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("ADAPTERCTL_CACHE") or Path.home() / ".cache" / "adapterctl").expanduser()
+
+
+def file_digest(path: Path, algorithm: str = "sha256", prefix: bytes = b"") -> str:
+    h = hashlib.new(algorithm, prefix)
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, sha256: str, size: int, source: str) -> None:
+    """Refuse a file whose size or sha256 differs from what its card promises."""
+    actual = Path(path).stat().st_size
+    if actual != size:
+        raise CorruptFileError(
+            f"{source}: got {actual} bytes, the card says {size}; the download was truncated or the file "
+            "changed on the hub. Nothing was kept; pull again, or ask the hub's maintainer to re-push it"
+        )
+    digest = file_digest(path)
+    if digest != sha256:
+        raise CorruptFileError(
+            f"{source}: sha256 {digest} does not match the card's {sha256}; the file was tampered with or "
+            "corrupted. Nothing was kept; do not use this hub copy until its maintainer re-pushes it"
+        )
+
+
+class Cache:
+    """``ADAPTERCTL_CACHE`` or ``~/.cache/adapterctl``: ``adapters/`` from hubs, ``hf/`` from the HF Hub."""
+
+    def __init__(self, root=None):
+        self.root = Path(root).expanduser() if root else default_root()
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A temporary folder on the cache's file system, removed whatever happens."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.root))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def install(self, target: Path, fill: Callable[[Path], None]) -> Path:
+        """Make ``target`` by letting ``fill`` populate a scratch folder, then move it in atomically.
+
+        An existing ``target`` was installed the same way, so it is complete and is reused.
+        """
+        if (target / ADAPTER_CONFIG).is_file():
+            return target
+        with atomic_dir(target) as out:
+            fill(out)
+            if not (out / ADAPTER_CONFIG).is_file():
+                raise CorruptFileError(f"{target.name}: the download holds no {ADAPTER_CONFIG}; it is not an adapter")
+        return target
+
+    def install_archive(self, target: Path, download: Callable[[Path], None], sha256: str, size: int,
+                        source: str) -> Path:
+        """Download an adapter zip with ``download(path)``, verify it, unpack it into ``target``."""
+        if (target / ADAPTER_CONFIG).is_file():
+            return target
+        with self.scratch() as tmp:
+            archive = tmp / "adapter.zip"
+            download(archive)
+            verify_file(archive, sha256, size, source)
+            return self.install(target, lambda out: unpack(archive, out))

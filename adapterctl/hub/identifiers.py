@@ -1,0 +1,41 @@
+"""Adapter identifiers, AdapterHub's form: ``task/subtask@org``, ``subtask@org``, ``...:version``.
+
+``hf:owner/repo[@revision]`` names an adapter repo on the HF Hub instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+_HUB_ID = re.compile(rf"^(?:(?P<task>{_PART})/)?(?P<subtask>{_PART})(?:@(?P<org>{_PART}))?(?::(?P<version>{_PART}))?$")
+_HF_ID = re.compile(rf"^hf:(?P<repo>{_PART}/{_PART})(?:@(?P<revision>[A-Za-z0-9_./-]+))?$")
+FORMS = "task/subtask@org, subtask@org or task/subtask@org:version (or hf:owner/repo)"
+
+
+@dataclass(frozen=True)
+class Identifier:
+    subtask: str
+    task: str | None = None
+    org: str | None = None
+    version: str | None = None
+
+    def __str__(self):
+        return (f"{self.task + '/' if self.task else ''}{self.subtask}{'@' + self.org if self.org else ''}"
+                f"{':' + self.version if self.version else ''}")
+
+
+@dataclass(frozen=True)
+class HfIdentifier:
+    repo: str
+    revision: str | None = None
+
+
+def parse(text: str) -> Identifier | HfIdentifier | None:
+    """The identifier ``text`` spells, or None if it is not one (a path, say)."""
+    m = _HF_ID.match(text.strip())
+    if m:
+        return HfIdentifier(m["repo"], m["revision"])
+    m = _HUB_ID.match(text.strip())
+    return Identifier(m["subtask"], m["task"], m["org"], m["version"]) if m else None

@@ -1,0 +1,155 @@
+"""The Hub over a real HTTP server on 127.0.0.1: search, pull, load; and every way a download
+can go wrong is refused with nothing half-written left in the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_model
+from hub_support import HubHandler, files_in, logits, make_run, serve
+
+from adapterctl import hub
+from adapterctl.errors import CorruptFileError
+from adapterctl.hub import index
+from adapterctl.hub.errors import DownloadError, UnknownAdapterError
+from adapterctl.hub.publish import publish
+from adapterctl.run.export import export_run
+
+ID = "sentiment/rotten_tomatoes@ukp"
+
+
+@pytest.fixture
+def published(tmp_path):
+    """A hub folder holding one pushed adapter; returns (hub folder, the model that made it)."""
+    run, model = make_run(tmp_path / "run")
+    publish(export_run(run, tmp_path / "export", org="ukp"), tmp_path / "hub")
+    return tmp_path / "hub", model
+
+
+def _zip_of(hub_root: Path) -> Path:
+    [archive] = (hub_root / "adapters").rglob("*.zip")
+    return archive
+
+
+def test_search_pull_and_load_over_http(published, tmp_path, monkeypatch):
+    hub_root, pushed = published
+    with serve(hub_root) as (url, _):
+        monkeypatch.setenv("ADAPTERCTL_HUB", url)
+        monkeypatch.setenv("ADAPTERCTL_CACHE", str(tmp_path / "cache"))
+        [entry] = index.search(hub.configured_hubs()[0].entries, task="sentiment", backbone="bert")
+        assert entry.id == ID and entry.architecture == "pfeiffer" and entry.config_hash == "9076f36a74755ac4"
+        model = tiny_model()  # the same backbone weights, no adapter yet
+        name = model.load_adapter(ID, set_active=True)
+    assert name == "rt"
+    assert torch.equal(logits(model, "rt"), logits(pushed, "rt"))
+    assert model.heads["rt"].config["label2id"] == {"neg": 0, "pos": 1}
+    assert files_in(tmp_path / "cache") == sorted(
+        f"adapters/ukp/sentiment/rotten_tomatoes/bert32-9076f36a74755ac4/1-{hashlib.sha256(_zip_of(hub_root).read_bytes()).hexdigest()[:16]}/{f}"
+        for f in ("adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"))
+
+
+def test_a_second_pull_uses_the_cache(published, tmp_path):
+    hub_root, _ = published
+    with serve(hub_root, HubHandler) as (url, log):
+        first = hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+        second = hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    assert first == second
+    assert [p for p, _ in log if p.endswith(".zip")] == [f"/{_zip_of(hub_root).relative_to(hub_root)}"]
+
+
+def test_dropped_connection_is_resumed_with_range_and_verified(published, tmp_path):
+    hub_root, pushed = published
+    size = _zip_of(hub_root).stat().st_size
+    with serve(hub_root, HubHandler, drop_after=1000) as (url, log):
+        folder = hub.resolve(ID, hubs=[hub.Hub(url, backoff=0)], cache=tmp_path / "cache")
+    zips = [rng for p, rng in log if p.endswith(".zip")]
+    assert zips == [None, "bytes=1000-"], f"expected a ranged retry after the drop, got {zips} (size {size})"
+    model = tiny_model()
+    model.load_adapter(str(folder), set_active=True)
+    assert torch.equal(logits(model, "rt"), logits(pushed, "rt"))
+
+
+def test_dropped_connection_on_a_server_without_range_starts_over(published, tmp_path):
+    hub_root, _ = published
+
+    class NoRange(HubHandler):
+        def do_GET(self):
+            if "Range" in self.headers:
+                del self.headers["Range"]  # like a server that ignores Range: a full 200 answer
+            super().do_GET()
+
+    with serve(hub_root, NoRange, drop_after=1000) as (url, log):
+        folder = hub.resolve(ID, hubs=[hub.Hub(url, backoff=0)], cache=tmp_path / "cache")
+    assert (folder / "adapter.safetensors").is_file()
+    assert len([p for p, _ in log if p.endswith(".zip")]) == 2
+
+
+def test_a_download_that_never_completes_is_refused(published, tmp_path):
+    hub_root, _ = published
+    with serve(hub_root, HubHandler, drop_after=1000, truncate_every=True) as (url, log):
+        with pytest.raises(DownloadError, match="incomplete after 3 tries"):
+            hub.resolve(ID, hubs=[hub.Hub(url, backoff=0, retries=2)], cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_truncated_file_on_the_hub_is_refused(published, tmp_path):
+    hub_root, _ = published
+    archive = _zip_of(hub_root)
+    archive.write_bytes(archive.read_bytes()[:-100])
+    with serve(hub_root, HubHandler) as (url, _):
+        with pytest.raises(CorruptFileError, match=r"got \d+ bytes, the card says \d+; the download was truncated"):
+            hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_tampered_file_is_refused(published, tmp_path):
+    hub_root, _ = published
+    archive = _zip_of(hub_root)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other contents
+    archive.write_bytes(bytes(data))
+    with serve(hub_root) as (url, _):
+        with pytest.raises(CorruptFileError, match="sha256 .* does not match the card's .*tampered"):
+            hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_unknown_identifier_lists_candidates(published, tmp_path):
+    hub_root, _ = published
+    with serve(hub_root) as (url, _):
+        with pytest.raises(UnknownAdapterError, match=r"no adapter sentiment/rotten_tomato@ukp .*did you mean: "
+                                                      r"sentiment/rotten_tomatoes@ukp"):
+            hub.resolve("sentiment/rotten_tomato@ukp", hubs=url, cache=tmp_path / "cache")
+        with pytest.raises(UnknownAdapterError, match=r"not for version=7; its candidates:\n  sentiment/rotten_"
+                                                      r"tomatoes@ukp .*versions=1"):
+            hub.resolve(f"{ID}:7", hubs=url, cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_missing_index_over_http_says_how_to_fix(tmp_path):
+    (tmp_path / "hub").mkdir()
+    with serve(tmp_path / "hub") as (url, _):
+        with pytest.raises(DownloadError, match="has no index.json; run 'adapterctl hub index'"):
+            hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+
+
+def test_a_card_may_point_at_its_file_by_absolute_url(published, tmp_path):
+    """A card may point at its file by absolute URL (a CDN, a release asset)."""
+    hub_root, pushed = published
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    shutil.copy(_zip_of(hub_root), mirror / "a.zip")
+    [card_path] = (hub_root / "adapters").rglob("*.yaml")
+    with serve(mirror) as (mirror_url, _), serve(hub_root) as (url, _):
+        card = yaml.safe_load(card_path.read_text())
+        card["files"][0]["url"] = mirror_url + "a.zip"
+        card_path.write_text(yaml.safe_dump(card))
+        folder = hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    model = tiny_model()
+    model.load_adapter(str(folder), set_active=True)
+    assert torch.equal(logits(model, "rt"), logits(pushed, "rt"))
