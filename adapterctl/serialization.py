@@ -138,6 +138,32 @@ def save_fusion(model: "AdapterModel", directory: Path, name: str, with_head: bo
     return Path(directory)
 
 
+def save_setup(model: "AdapterModel", directory: Path, setup, fusions: list[str], head_setup,
+               overwrite: bool = False) -> Path:
+    """AdapterHub's ``save_adapter_setup`` layout: ``adapter_setup.json`` and one folder per
+    adapter and per fusion, named like it, each with its head."""
+    with atomic_dir(directory, overwrite) as tmp:
+        text = json.dumps({"adapter_setup": setup.to_dict(), "head_setup": head_setup,
+                           "version": f"adapterctl.{__version__}"}, indent=2)
+        (tmp / SETUP_CONFIG).write_text(text + "\n")
+        for name in setup.flatten():
+            save_adapter(model, tmp / name, name)
+        for name in fusions:
+            save_fusion(model, tmp / name, name)
+    return Path(directory)
+
+
+def read_setup(directory: Path):
+    """The setup block and head setup of an ``adapter_setup.json`` (ours or AdapterHub's)."""
+    from .composition import Block
+
+    data = read_json(Path(directory) / SETUP_CONFIG)
+    head_setup = data.get("head_setup")
+    if isinstance(head_setup, dict):
+        head_setup = Block.from_dict(head_setup)
+    return Block.from_dict(data.get("adapter_setup", data)), head_setup
+
+
 # -- reading ------------------------------------------------------------------------------
 
 
