@@ -51,8 +51,8 @@ def _check_entry(info: zipfile.ZipInfo, archive: Path) -> None:
         raise UnsafeArchiveError(f"{archive}: entry {name!r} is an absolute path; refused, nothing extracted")
     if ".." in parts:
         raise UnsafeArchiveError(f"{archive}: entry {name!r} climbs out of the folder with '..'; refused, nothing extracted")
-    mode = info.external_attr >> 16
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    mode = info.external_attr >> 16  # no file type bits (zips made on Windows): a plain file
+    if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
         raise UnsafeArchiveError(f"{archive}: entry {name!r} is {kind}; refused, nothing extracted")
 
