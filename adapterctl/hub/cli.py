@@ -7,11 +7,10 @@ of adapterctl (``adapterctl hub search task=sentiment backbone=bert``).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import AdapterConfigError, AdapterError
+from ..errors import AdapterConfigError
 from ..run.export import CARD, OPTIONS as EXPORT_OPTIONS, export_run, parse_options
 from ..serialization import ADAPTER_CONFIG
 from . import index
@@ -33,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("index", help="rebuild a hub folder's index.json and explore.html from its cards")
     s.add_argument("--hub", help="the hub folder (default: the first of $ADAPTERCTL_HUB)")
     s = sub.add_parser("search", help="list adapters: adapterctl hub search task=sentiment backbone=bert")
-    s.add_argument("filters", nargs="*", metavar="key=value", help=f"filters: {', '.join(index.FILTERS)}")
+    s.add_argument("options", nargs="*", metavar="key=value", help=f"filters: {', '.join(index.FILTERS)}")
     s.add_argument("--hub", action="append", help=hub_help)
     s = sub.add_parser("pull", help="download and verify an adapter into the cache; prints its folder")
     s.add_argument("identifier", help=FORMS)
@@ -68,14 +67,14 @@ def _index(args) -> int:
 
 
 def _search(args) -> int:
-    filters = parse_options(args.filters, dict.fromkeys(index.FILTERS, ""), "adapterctl hub search")
+    filters = parse_options(args.options, dict.fromkeys(index.FILTERS, ""), "adapterctl hub search")
     hubs = _hubs(args)
     found = [(h, e) for h in hubs for e in index.search(h.entries, **filters)]
     for hub, entry in found:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in entry.metrics.items())
         print(f"{entry.describe()}  {metrics}  [{hub.location}]")
     if not found:
-        print(f"no adapter matches {' '.join(args.filters) or '(no filter)'} in {', '.join(h.location for h in hubs)}")
+        print(f"no adapter matches {' '.join(args.options) or '(no filter)'} in {', '.join(h.location for h in hubs)}")
     return 0
 
 
@@ -119,10 +118,12 @@ def _push(args) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point the top-level CLI dispatches ``adapterctl hub ...`` to."""
-    args = _parser().parse_args(argv)
-    try:
-        return {"index": _index, "search": _search, "pull": _pull, "push": _push}[args.command](args)
-    except (AdapterError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Entry point the top-level CLI dispatches ``adapterctl hub ...`` to; user errors raise
+    ``AdapterError`` (or ``FileExistsError``), which it prints as one line."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # key=value words may follow the flags too
+    if any(w.startswith("-") or "=" not in w for w in extra) or (extra and not hasattr(args, "options")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.options += extra
+    return {"index": _index, "search": _search, "pull": _pull, "push": _push}[args.command](args)

@@ -9,10 +9,9 @@ own ``adapter_config.json``; the card's free-text fields come from the command l
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
-from ..errors import AdapterConfigError, AdapterError
+from ..errors import AdapterConfigError
 from ..serialization import ADAPTER_CONFIG, atomic_dir, read_json
 from ..hub.cache import file_digest
 from ..hub.card import architecture, dump_card, validate_card
@@ -112,15 +111,12 @@ def parse_options(argv: list[str], allowed: dict[str, str], command: str) -> dic
 
 
 def main(argv: list[str]) -> int:
-    """Entry point the top-level CLI dispatches ``adapterctl export ...`` to."""
-    try:
-        options = parse_options(argv, OPTIONS, "adapterctl export")
-        if "run" not in options:
-            raise AdapterConfigError("adapterctl export needs run=<run folder>, e.g. run=outputs/train/<date>_<time>")
-        run = options.pop("run")
-        out = export_run(Path(run), Path(options.pop("out")) if "out" in options else None, **options)
-    except (AdapterError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Entry point the top-level CLI dispatches ``adapterctl export ...`` to; user errors raise
+    ``AdapterError`` (or ``FileExistsError``), which it prints as one line."""
+    options = parse_options(argv, OPTIONS, "adapterctl export")
+    if "run" not in options:
+        raise AdapterConfigError("adapterctl export needs run=<run folder>, e.g. run=outputs/train/<date>_<time>")
+    run = options.pop("run")
+    out = export_run(Path(run), Path(options.pop("out")) if "out" in options else None, **options)
     print(f"exported {run} -> {out}\n\n{(out / CARD).read_text()}\npublish it: adapterctl hub push {out} --hub <hub folder>")
     return 0
