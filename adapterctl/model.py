@@ -22,6 +22,7 @@ from .adapterdrop import AdapterDrop
 from .config import BnConfig, load_config
 from .errors import AdapterConfigError, AdapterNotFoundError
 from .heads import PredictionHead, build_head
+from .methods import invertible
 from .methods.bottleneck import AdapterLayer, Bottleneck
 from .methods.fusion import FusionConfig, load_fusion_config
 
@@ -130,8 +131,9 @@ class AdapterModel(nn.Module):
                     "first, or pass overwrite_ok=True"
                 )
             self.delete_adapter(name)
-        if config.inv_adapter:
-            raise AdapterConfigError("invertible adapters (inv_adapter) are not supported yet; use pfeiffer or houlsby")
+        if config.inv_adapter:  # MAD-X: the language adapter's coupling block at the embeddings
+            embedding_size = getattr(self.config, "embedding_size", self.hidden_size)
+            self._invertible_adapters()[name] = self._like_model(invertible.build(config, embedding_size))
         for idx in range(self._num_layers()):
             if idx in config.leave_out:
                 continue
@@ -148,6 +150,14 @@ class AdapterModel(nn.Module):
         """A new module on the backbone's device, in the model's train/eval mode."""
         return module.to(next(self.backbone.parameters()).device).train(self.training)
 
+    def _invertible_adapters(self) -> invertible.InvertibleAdapters:
+        """Created with the first invertible adapter, at AdapterHub's place (``<prefix>.invertible_adapters``)."""
+        if not hasattr(self.backbone, "invertible_adapters"):
+            modules = invertible.InvertibleAdapters(self.context)
+            modules.attach(self.backbone.get_submodule(self.family.embeddings))
+            self.backbone.add_module("invertible_adapters", modules)
+        return self.backbone.invertible_adapters
+
     def has_adapter(self, name: str) -> bool:
         return name in self.adapters_config
 
@@ -156,6 +166,8 @@ class AdapterModel(nn.Module):
         for layer in self._layers.values():
             if name in layer.adapters:
                 del layer.adapters[name]
+        if self.adapters_config[name].inv_adapter:
+            del self._invertible_adapters()[name]
         del self.adapters_config[name]
         for fusion in [f for f in self.fusions_config if name in f.split(",")]:
             self.delete_fusion(fusion)
@@ -168,6 +180,10 @@ class AdapterModel(nn.Module):
             raise AdapterNotFoundError(f"no adapter named {name!r} (adapters: {known}); add or load it first")
 
     def iter_adapter_modules(self, name: str):
+        """``(layer index, site, module)`` for each module of an adapter; its invertible block
+        first, as ``(None, "inv_adapter", block)``."""
+        if self.adapters_config[name].inv_adapter:
+            yield None, "inv_adapter", self._invertible_adapters()[name]
         for (idx, site), layer in sorted(self._layers.items()):
             if name in layer.adapters:
                 yield idx, site, layer.adapters[name]

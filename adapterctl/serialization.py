@@ -121,7 +121,7 @@ def save_adapter(model: "AdapterModel", directory: Path, name: str, with_head: b
         env = envelope(model, name, config)
         if metadata:
             env["adapterctl"] = metadata
-        _write(tmp, ADAPTER_CONFIG, env, ADAPTER_WEIGHTS[0], _select(model, rf"\.adapters\.{re.escape(name)}\."))
+        _write(tmp, ADAPTER_CONFIG, env, ADAPTER_WEIGHTS[0], _select(model, _adapter_keys(name)))
         if with_head and name in model.heads:
             _write_head(model, tmp, name)
     return Path(directory)
@@ -214,15 +214,22 @@ def check_backbone(model: "AdapterModel", env: dict, path: Path) -> None:
         )
 
 
+def _adapter_keys(name: str) -> str:
+    """State-dict keys of an adapter: its bottlenecks and its invertible block (MAD-X)."""
+    return rf"\.(invertible_)?adapters\.{re.escape(name)}\."
+
+
 def _to_model_keys(model: "AdapterModel", tensors: dict, segment: str, old: str, new: str) -> dict:
     """Rename ``<segment><old>.`` to ``<segment><new>.`` and put the keys under this model's
-    prefix (files may carry ``bert.``, ``roberta.`` or no prefix at all)."""
+    prefix (files may carry ``bert.``, ``roberta.`` or no prefix at all). Keys start at the
+    layers, or at ``invertible_adapters.`` (MAD-X blocks sit at the base model)."""
     layers = model.family.layers + "."
     out = {}
     for key, value in tensors.items():
-        if layers not in key:
+        anchor = next((a for a in (layers, "invertible_adapters.") if a in key), None)
+        if anchor is None:
             raise CorruptFileError(f"unexpected weight {key!r}: it does not belong to a {model.config.model_type} layer")
-        key = f"{model.base_model_prefix}.{key[key.index(layers):]}"
+        key = f"{model.base_model_prefix}.{key[key.index(anchor):]}"
         out[key.replace(f"{segment}{old}.", f"{segment}{new}.")] = value
     return out
 
@@ -270,7 +277,7 @@ def load_adapter(model: "AdapterModel", source, load_as=None, with_head=True, la
     config = load_config(env.get("config", env))
     old = env.get("name") or path.name
     name = load_as or old
-    tensors = _to_model_keys(model, read_weights(path, ADAPTER_WEIGHTS), ".adapters.", old, name)
+    tensors = _to_model_keys(model, read_weights(path, ADAPTER_WEIGHTS), "adapters.", old, name)
     head_env = None
     if with_head and (path / HEAD_CONFIG).exists():
         head_env = read_json(path / HEAD_CONFIG)
@@ -278,7 +285,8 @@ def load_adapter(model: "AdapterModel", source, load_as=None, with_head=True, la
         check_labels(head_env, labels, path)
     model.add_adapter(name, config, overwrite_ok=overwrite_ok)
     try:
-        expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if f".adapters.{name}." in k}
+        rx = re.compile(_adapter_keys(name))
+        expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if rx.search(k)}
         _assign(model, tensors, expected, path)
         if head_env is not None:
             _load_head(model, path, head_env, old, name, overwrite_ok)
