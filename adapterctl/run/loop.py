@@ -97,6 +97,9 @@ def train(cfg, accelerator: Accelerator, model, task: Task, train_set: Encoded, 
         for inputs in loader:
             with accelerator.accumulate(model):
                 loss = model(**inputs).loss
+                regularization = unwrapped.fusion_regularization_loss()  # fusion training only
+                if regularization is not None:
+                    loss = loss + regularization
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm:
                     accelerator.clip_grad_norm_(params, t.max_grad_norm)

@@ -27,17 +27,17 @@ def sample(rows: list, limit: int | None, split_seed: int = 0) -> list:
     return random.Random(split_seed).sample(rows, limit)
 
 
-def _folder(cfg, accelerator) -> Path:
+def run_folder(cfg, accelerator, command: str = "train") -> Path:
     """The run folder, chosen on the main process and shared with the others."""
     choice = [None, None]
     if accelerator.is_main_process:
         try:
             if cfg.resume:
-                folder = Path(cfg.output_dir) if cfg.output_dir else folders.latest_run("train")
+                folder = Path(cfg.output_dir) if cfg.output_dir else folders.latest_run(command)
                 if not (folder / "checkpoints" / "last").is_dir():
                     raise AdapterConfigError(f"{folder} has no checkpoint to resume from; drop resume=true")
             else:
-                folder = folders.new_folder("train", cfg.output_dir)
+                folder = folders.new_folder(command, cfg.output_dir)
             choice = [str(folder), None]
         except AdapterConfigError as e:
             choice = [None, str(e)]
@@ -57,7 +57,7 @@ def run(overrides: list[str]) -> Path:
             f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and must divide evenly over "
             f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}"
         )
-    folder = _folder(cfg, accelerator)
+    folder = run_folder(cfg, accelerator)
     main = accelerator.is_main_process
     log_to(folder / "train.log" if main else None)
     LOG.info("run folder: %s (%d process(es), %s)", folder, accelerator.num_processes, accelerator.distributed_type)

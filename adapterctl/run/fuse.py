@@ -1,0 +1,115 @@
+"""``adapterctl fuse adapters=[mnli,qnli,sst2] task=cb``: AdapterFusion over trained adapters.
+
+The named adapters load frozen (without their heads), a fusion layer and a new head for the
+task are added, and only those train, with the fusion's value regularization in the loss.
+The run folder holds, besides the usual records, ``setup/``: AdapterHub's
+``save_adapter_setup`` layout (``adapter_setup.json``, a folder per adapter, and the fusion
+folder ``<a,b,c>/`` with the head), which ``AdapterModel.load_adapter_setup`` and
+``adapterctl evaluate run=<this run>`` read.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+
+from .. import metrics
+from ..composition import Fuse
+from ..data import Task, data_root, load_rows
+from ..errors import AdapterConfigError
+from ..serialization import ADAPTER_CONFIG
+from . import build, export, folders, loop, settings
+from .loggers import LOG, Trackers, log_to
+from .train import run_folder, sample
+
+SETUP_DIR = "setup"
+
+
+def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
+    """Where a named adapter comes from: a train run folder (its adapter), an exported folder
+    (the adapter beside ``card.yaml``), an adapter folder, the adapter of that name in the
+    newest run under ``outputs/train``; anything else is a Hub identifier."""
+    path = Path(spec)
+    if (path / folders.RUN_JSON).is_file():
+        record, _ = folders.load_run(path)
+        return export.adapter_dir(path, record)
+    if (path / export.CARD).is_file():
+        found = [p.parent for p in path.glob(f"*/{ADAPTER_CONFIG}")]
+        if len(found) != 1:
+            raise AdapterConfigError(f"{path} holds {len(found)} adapter folders beside {export.CARD}; name one of them")
+        return found[0]
+    if path.is_dir():
+        return path
+    runs = sorted(base.glob(f"train/*/adapters/{spec}/{ADAPTER_CONFIG}"))
+    return runs[-1].parent if runs else spec
+
+
+def run(overrides: list[str]) -> Path:
+    """One fusion run; returns its folder."""
+    cfg = settings.load("fuse", overrides)
+    if len(cfg.adapters) < 2:
+        raise AdapterConfigError(f"fuse needs at least two adapters, got {list(cfg.adapters)}: adapters=[a,b,...]")
+    metrics.check(cfg.task.metrics)
+    accelerator = loop.accelerator_for(cfg.trainer)
+    folder = run_folder(cfg, accelerator, "fuse")
+    main = accelerator.is_main_process
+    log_to(folder / "fuse.log" if main else None)
+    started = time.time()
+    set_seed(cfg.seed)
+    model, tokenizer = build.load_backbone(cfg.backbone.path)
+    sources = [adapter_source(spec) for spec in cfg.adapters]
+    names = [model.load_adapter(source, with_head=False) for source in sources]
+    fusion = model.add_fusion(names, {k: v for k, v in OmegaConf.to_container(cfg.fusion).items() if k != "lr"})
+    model.add_head(fusion, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
+    setup = Fuse(*names)
+    model.train_fusion(setup)
+    if cfg.trainer.gradient_checkpointing:
+        model.backbone.gradient_checkpointing_enable()
+    task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
+    root = data_root(cfg.data_root)
+    train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
+    eval_set = task.encode(sample(load_rows(cfg.task, root, "validation"), cfg.trainer.max_eval_samples), "validation")
+    LOG.info("%s: %d train / %d validation rows; %s fusion over %s\n%s", task.name, len(train_set), len(eval_set),
+             cfg.fusion.preset, ", ".join(names), model.adapter_summary())
+    if main and not cfg.resume:
+        folders.write_config(folder, cfg, overrides)
+        folders.write_json(folder / folders.RUN_JSON, run_record(cfg, sources, fusion))
+    trackers = Trackers(folder, cfg.logger.backends, enabled=main)
+    state = loop.train(cfg, accelerator, model, task, train_set, eval_set, folder, trackers, resume=cfg.resume)
+    trackers.close()
+    if main:
+        model.save_adapter_setup(folder / SETUP_DIR, setup)
+        result = {**state.best_metrics, "best_step": state.best_step, "steps": state.step,
+                  "train_loss": state.train_loss, "main_metric": cfg.task.main_metric, "fusion": fusion,
+                  "train_rows": len(train_set), "validation_rows": len(eval_set),
+                  "wall_time_s": round(time.time() - started, 1)}
+        folders.write_json(folder / folders.METRICS_JSON, result)
+        LOG.info("done: %s=%.4f at step %s -> %s", cfg.task.main_metric, state.best_score or 0.0, state.best_step,
+                 folder)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return folder
+
+
+def run_record(cfg, sources: list, fusion: str) -> dict:
+    """``run.json`` of a fusion run: what ``evaluate run=...`` needs to rebuild the model."""
+    return {
+        "command": "fuse",
+        "task": cfg.task.name,
+        "dataset": cfg.task.dataset,
+        "dataset_subset": cfg.task.subset,
+        "backbone": {"name": cfg.backbone.name, "path": cfg.backbone.path},
+        "adapters": [str(s) for s in sources],
+        "fusion": {"name": fusion, **OmegaConf.to_container(cfg.fusion)},
+        "setup_dir": SETUP_DIR,
+        "adapter": {"name": fusion, "dir": None},
+        "full_model_dir": None,
+        "head": {"type": cfg.head.type},
+        "label_names": list(cfg.task.label_names),
+        "metrics": list(cfg.task.metrics),
+        "main_metric": cfg.task.main_metric,
+        "seed": cfg.seed,
+    }
