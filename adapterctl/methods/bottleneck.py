@@ -256,27 +256,19 @@ class AdapterLayer(nn.Module):
                 f"{state.hidden.shape[1]} positions; make them add up (pad to a fixed length)"
             )
         state, _ = self._pre(block, state)
-        outs, last, start = [], None, 0
-        for child, n in zip(block, block.splits):
-            part = State(*(t[:, start : start + n] if torch.is_tensor(t) else t for t in state))
-            s = self._child(block, child, part, level) or part
-            outs.append(s.hidden)
-            last = s.last or last
-            start += n
-        return state._replace(hidden=torch.cat(outs, dim=1), last=last)
+        return self._parts(block, state, level, block.splits, dim=1)
 
-    def _rows(self, block, state: State, level: int, sizes: list[int]) -> State:
-        """Children each on their own rows of the batch; the rows are joined again after."""
+    def _parts(self, block, state: State, level: int, sizes: list[int], dim: int) -> State:
+        """Children each on their own slice (batch rows: dim 0, sequence positions: dim 1),
+        joined again after."""
         parts, start = [], 0
         for child, n in zip(block, sizes):
-            part = State(*(t[start : start + n] if torch.is_tensor(t) else t for t in state))
+            part = State(*(t.narrow(dim, start, n) if torch.is_tensor(t) else t for t in state))
             parts.append(self._child(block, child, part, level) or part)
             start += n
-        cat = lambda ts: torch.cat(ts, dim=0) if ts[0] is not None else None  # noqa: E731
-        return State(
-            cat([p.hidden for p in parts]), cat([p.x for p in parts]), cat([p.residual for p in parts]),
-            state.ln, None, parts[-1].last,
-        )
+        joined = {f: torch.cat([getattr(p, f) for p in parts], dim=dim) for f in ("hidden", "x", "residual")}
+        last = next((p.last for p in reversed(parts) if p.last), None)
+        return state._replace(**joined, up=None, last=last)
 
     def _batchsplit(self, block: C.BatchSplit, state: State, level: int) -> State:
         if sum(block.batch_sizes) != state.hidden.shape[0]:
@@ -285,7 +277,7 @@ class AdapterLayer(nn.Module):
                 f"{state.hidden.shape[0]} rows; make batch_sizes add up to the batch size"
             )
         state, _ = self._pre(block, state)
-        return self._rows(block, state, level, block.batch_sizes)
+        return self._parts(block, state, level, block.batch_sizes, dim=0)
 
     def _parallel(self, block: C.Parallel, state: State, level: int) -> State:
         n = len(block)
@@ -293,7 +285,7 @@ class AdapterLayer(nn.Module):
             raise AdapterConfigError(f"a Parallel batch of {state.hidden.shape[0]} rows does not split into {n} copies")
         state, _ = self._pre(block, state)
         rows = state.hidden.shape[0] // n
-        return self._rows(block, state, level, [rows] * n)
+        return self._parts(block, state, level, [rows] * n, dim=0)
 
     def _average(self, block: C.Average, state: State, level: int) -> State:
         state, _ = self._pre(block, state)
