@@ -125,10 +125,12 @@ def test_unreachable_repo_is_a_clear_error(tmp_path):
         hub.resolve("hf:me/missing", cache=tmp_path / "cache", api=FakeHfApi(tmp_path / "remote"))
 
 
-def test_cli_push_to_hf(exported, tmp_path, monkeypatch, capsys):
+def test_cli_push_and_pull_hf(exported, tmp_path, monkeypatch, capsys):
     export, _ = exported
     api = FakeHfApi(tmp_path / "remote")
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
     assert main(["hub", "push", str(export), "--hf", "me/rt-adapter"]) == 0
     assert f"pushed to hf:me/rt-adapter: https://huggingface.co/me/rt-adapter/commit/{COMMIT}" in capsys.readouterr().out
     assert (tmp_path / "remote" / "me" / "rt-adapter" / "adapter.safetensors").is_file()
+    assert main(["hub", "pull", "hf:me/rt-adapter", "--cache", str(tmp_path / "cache")]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"cache/hf/me/rt-adapter/{COMMIT}")

@@ -4,6 +4,7 @@ can go wrong is refused with nothing half-written left in the cache."""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from hub_support import HubHandler, files_in, logits, make_run, serve
 from adapterctl import hub
 from adapterctl.errors import CorruptFileError
 from adapterctl.hub import index
-from adapterctl.hub.errors import DownloadError, UnknownAdapterError
+from adapterctl.hub.errors import CardError, DownloadError, UnknownAdapterError
 from adapterctl.hub.publish import publish
 from adapterctl.run.export import export_run
 
@@ -153,3 +154,18 @@ def test_a_card_may_point_at_its_file_by_absolute_url(published, tmp_path):
     model = tiny_model()
     model.load_adapter(str(folder), set_active=True)
     assert torch.equal(logits(model, "rt"), logits(pushed, "rt"))
+
+
+def test_an_index_from_a_stranger_cannot_point_outside_the_hub_or_mislabel_a_card(published, tmp_path):
+    hub_root, _ = published
+    text = (hub_root / "index.json").read_text()
+    entry = json.loads(text)["adapters"][0]
+    (hub_root / "index.json").write_text(text.replace(entry["card"], "../../../etc/passwd.yaml"))
+    with serve(hub_root) as (url, _):
+        with pytest.raises(CardError, match=r"not a valid hub index \(card paths outside adapters/"):
+            hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    (hub_root / "index.json").write_text(text.replace('"ukp"', '"evil"').replace("@ukp", "@evil"))
+    with serve(hub_root) as (url, _):
+        with pytest.raises(CardError, match="no longer matches the hub's index entry for sentiment/rotten_tomatoes@evil"):
+            hub.resolve("sentiment/rotten_tomatoes@evil", hubs=url, cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []

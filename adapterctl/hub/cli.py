@@ -16,8 +16,8 @@ from ..serialization import ADAPTER_CONFIG
 from . import index
 from .backends import HfHubBackend, is_url
 from .card import read_card
-from .hubs import configured_hubs, find, pull
-from .identifiers import FORMS
+from .hubs import configured_hubs, find, pull, pull_hf
+from .identifiers import FORMS, HfIdentifier, parse
 from .publish import publish
 
 PULL_OPTIONS = {"backbone": "model type or name, e.g. bert", "arch": "architecture name or config hash",
@@ -80,6 +80,10 @@ def _search(args) -> int:
 
 def _pull(args) -> int:
     options = parse_options(args.options, PULL_OPTIONS, "adapterctl hub pull")
+    ident = parse(args.identifier)
+    if isinstance(ident, HfIdentifier):
+        print(f"{args.identifier} -> {pull_hf(ident, args.cache)}")
+        return 0
     found = find(args.identifier, _hubs(args), backbone=options.get("backbone"),
                  architecture=options.get("arch"), config=options.get("config"))
     folder = pull(found, args.cache, progress=not args.quiet)

@@ -47,10 +47,7 @@ class Hub:
         if raw is None:
             raise DownloadError(f"{self.location}: the index names {entry.card}, which is missing; "
                                 "run 'adapterctl hub index' on the hub")
-        card = parse_card(raw.decode("utf-8"), f"{self.location}/{entry.card}")
-        if idx.Entry.from_card(card, entry.card).id != entry.id:
-            raise CardError(f"{self.location}/{entry.card} no longer describes {entry.id}; rebuild the hub's index")
-        return card
+        return parse_card(raw.decode("utf-8"), f"{self.location}/{entry.card}")
 
     def download(self, card_path: str, file: dict, dest: Path, progress: bool | None) -> None:
         """Stream a card's file (its url relative to the card, or absolute) to ``dest``."""
@@ -105,11 +102,11 @@ def pull(found: Found, cache=None, progress: bool | None = None) -> Path:
     """Download ``found``'s file into the cache (verified, atomic) and return the adapter folder."""
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     card = found.hub.card(found.entry)
+    e = idx.Entry.from_card(card, found.entry.card)  # from here on, only what the validated card says
     file = next((f for f in card["files"] if f["version"] == found.version), None)
-    if file is None:
-        versions = ", ".join(f["version"] for f in card["files"])
-        raise DownloadError(f"{found.entry.id} has no version {found.version}; its versions: {versions}")
-    e = found.entry
+    if idx.key(e) != idx.key(found.entry) or file is None:
+        raise CardError(f"{found.hub.location}/{e.card} no longer matches the hub's index entry for "
+                        f"{found.entry.id}:{found.version}; run 'adapterctl hub index' on the hub")
     target = (cache.root / "adapters" / e.org / e.task / e.subtask / f"{e.model_type}{e.hidden_size}-{e.config_hash}"
               / f"{found.version}-{file['sha256'][:16]}")
     source = f"{found.hub.location}: {e.id}:{found.version} ({file['url']})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,16 @@ class Entry:
                 f"versions={','.join(self.versions)}")
 
 
+def key(entry: Entry) -> tuple:
+    """What makes two cards the same adapter: identifier, backbone and config."""
+    return entry.id, entry.model_type, entry.hidden_size, entry.model_name, entry.config_hash
+
+
+def _card_path_ok(path: str) -> bool:
+    """An index (maybe served by a stranger) may only point at cards inside the hub's ``adapters/``."""
+    return posixpath.normpath(path) == path and path.startswith(CARDS + "/") and path.endswith(".yaml")
+
+
 def scan(root: Path) -> list[Entry]:
     """Read and validate every card under ``root/adapters``; refuse the lot if any is invalid."""
     root = Path(root)
@@ -82,10 +93,9 @@ def scan(root: Path) -> list[Entry]:
         except CardError as e:
             problems.append(str(e))
             continue
-        key = (entry.id, entry.model_type, entry.hidden_size, entry.model_name, entry.config_hash)
-        if key in seen:
-            problems.append(f"{rel} describes the same adapter as {seen[key]}; merge their versions into one card")
-        seen[key] = rel
+        if key(entry) in seen:
+            problems.append(f"{rel} describes the same adapter as {seen[key(entry)]}; merge their versions into one card")
+        seen[key(entry)] = rel
         entries.append(entry)
     if problems:
         raise CardError(f"hub {root} has {len(problems)} invalid card(s):\n  " + "\n  ".join(problems))
@@ -109,7 +119,11 @@ def loads(text: str, source: str) -> list[Entry]:
         data = json.loads(text)
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
-        return [Entry(**{**e, "versions": tuple(e["versions"])}) for e in data["adapters"]]
+        entries = [Entry(**{**e, "versions": tuple(e["versions"])}) for e in data["adapters"]]
+        bad = [e.card for e in entries if not _card_path_ok(e.card)]
+        if bad:
+            raise ValueError(f"card paths outside {CARDS}/: {bad[:3]}")
+        return entries
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise CardError(f"{source} is not a valid hub index ({e}); run 'adapterctl hub index' on the hub") from None
 
