@@ -16,6 +16,7 @@ HEADS = {
     "multilabel_classification": dict(num_labels=2),
     "tagging": dict(num_labels=4, id2label=["O", "B-PER", "I-PER", "B-LOC"]),
     "question_answering": {},
+    "multiple_choice": dict(num_choices=3),
 }
 
 
@@ -29,8 +30,11 @@ def trained(preset, head_type, family="bert"):
 
 
 def logits(model, **kw):
+    inputs = batch()
+    if model.heads[model.active_head].config["head_type"] == "multiple_choice":
+        inputs = {k: v.view(1, 3, -1) for k, v in inputs.items()}  # one question, three choices
     with torch.no_grad():
-        out = model(**batch(), **kw).logits
+        out = model(**inputs, **kw).logits
     return torch.cat([t.flatten() for t in out]) if isinstance(out, tuple) else out
 
 
