@@ -93,7 +93,7 @@ def test_dropped_connection_on_a_server_without_range_starts_over(published, tmp
 def test_a_download_that_never_completes_is_refused(published, tmp_path):
     hub_root, _ = published
     with serve(hub_root, HubHandler, drop_after=1000, truncate_every=True) as (url, log):
-        with pytest.raises(DownloadError, match="incomplete after 3 tries"):
+        with pytest.raises(DownloadError, match=r"failed after 3 tries \(\d+ bytes received; last error: IncompleteRead"):
             hub.resolve(ID, hubs=[hub.Hub(url, backoff=0, retries=2)], cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
 
@@ -130,6 +130,13 @@ def test_unknown_identifier_lists_candidates(published, tmp_path):
                                                       r"tomatoes@ukp .*versions=1"):
             hub.resolve(f"{ID}:7", hubs=url, cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
+
+
+def test_a_hub_that_is_down_is_a_clear_error(tmp_path):
+    with serve(tmp_path) as (url, _):
+        pass  # the port is closed again
+    with pytest.raises(DownloadError, match=r"index.json: failed after 2 tries .*check the hub address"):
+        hub.resolve(ID, hubs=[hub.Hub(url, retries=1, backoff=0)], cache=tmp_path / "cache")
 
 
 def test_missing_index_over_http_says_how_to_fix(tmp_path):

@@ -9,6 +9,7 @@ Verification is not a backend's job; the cache checks size and sha256 of whateve
 from __future__ import annotations
 
 import http.client
+import io
 import posixpath
 import shutil
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import yaml
+from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import CorruptFileError
@@ -29,6 +31,10 @@ from .errors import DownloadError
 
 CHUNK = 1 << 16
 _USER_AGENT = f"adapterctl/{__version__}"
+
+
+class _NotFound(DownloadError):
+    """HTTP 404: for a hub's optional files (the index) an answer, not a failure."""
 
 
 def is_url(location: str) -> bool:
@@ -82,21 +88,12 @@ class HttpBackend:
         return urllib.request.urlopen(request, timeout=self.timeout)  # noqa: S310 - http(s) only, see is_url
 
     def read_bytes(self, relative: str) -> bytes | None:
-        url = self.url(relative)
-        for attempt in range(self.retries + 1):
-            try:
-                with self._open(url) as response:
-                    return response.read()
-            except urllib.error.HTTPError as e:
-                if e.code == 404:
-                    return None
-                if e.code < 500 or attempt == self.retries:
-                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-                if attempt == self.retries:
-                    raise DownloadError(f"{url}: {e}; check the hub address and your connection") from None
-            time.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+        buffer = io.BytesIO()
+        try:
+            self.fetch(relative, buffer, tqdm(disable=True))
+        except _NotFound:
+            return None
+        return buffer.getvalue()
 
     def fetch(self, relative: str, out: BinaryIO, progress) -> None:
         """Stream ``relative`` into ``out``; on a dropped connection resume where it stopped."""
@@ -122,15 +119,15 @@ class HttpBackend:
                 if e.code == 416 and written:  # nothing beyond what we have: the size check decides
                     return
                 if e.code < 500 and e.code not in (408, 429):
-                    raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+                    raise (_NotFound if e.code == 404 else DownloadError)(f"{url}: HTTP {e.code} {e.reason}") from None
                 error = e
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 error = e
             failures += 1
             if failures > self.retries:
                 raise DownloadError(
-                    f"{url}: download incomplete after {failures} tries ({out.tell()} bytes; last error: {error!r}); "
-                    "check your connection and pull again"
+                    f"{url}: failed after {failures} tries ({out.tell()} bytes received; last error: {error!r}); "
+                    "check the hub address and your connection, then try again"
                 )
             time.sleep(self.backoff * 2 ** (failures - 1))
 
