@@ -1,8 +1,7 @@
 """The download cache: every adapter in it arrived whole and verified, or is not there at all.
 
 Downloads go to a temporary folder inside the cache, are checked against the card's size and
-sha256, unpacked there, and only then moved into place with one ``os.replace`` (through
-``serialization.atomic_dir``). Any failure, Ctrl-C included, removes the temporary folder, so
+sha256, unpacked there, and only then renamed into place in one step. Any failure, Ctrl-C included, removes the temporary folder, so
 no half-written file is ever left for a later load to trust.
 """
 
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import CorruptFileError
-from ..serialization import ADAPTER_CONFIG, atomic_dir
+from ..serialization import ADAPTER_CONFIG
 from .pack import unpack
 
 
@@ -66,16 +65,24 @@ class Cache:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def install(self, target: Path, fill: Callable[[Path], None]) -> Path:
-        """Make ``target`` by letting ``fill`` populate a scratch folder, then move it in atomically.
+        """Make ``target`` by letting ``fill`` populate a scratch folder, then rename it into place.
 
-        An existing ``target`` was installed the same way, so it is complete and is reused.
+        The first complete install wins: a later one (another training process loading the same
+        adapter, say) finds ``target`` there and uses it, never swapping it under a reader, which
+        is why this is a plain rename and not ``serialization.atomic_dir`` (that one replaces).
         """
         if (target / ADAPTER_CONFIG).is_file():
             return target
-        with atomic_dir(target) as out:
-            fill(out)
-            if not (out / ADAPTER_CONFIG).is_file():
+        with self.scratch() as tmp:
+            fill(tmp)
+            if not (tmp / ADAPTER_CONFIG).is_file():
                 raise CorruptFileError(f"{target.name}: the download holds no {ADAPTER_CONFIG}; it is not an adapter")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if not (target / ADAPTER_CONFIG).is_file():
+                    raise
         return target
 
     def install_archive(self, target: Path, download: Callable[[Path], None], sha256: str, size: int,
