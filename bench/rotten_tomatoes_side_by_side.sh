@@ -6,9 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for adapter in houlsby pfeiffer none; do
-  extra=()
-  [ "$adapter" = none ] && extra=(trainer.epochs=1)   # full fine-tuning: ~2.5x the step time of an adapter
-  .venv/bin/adapterctl train task=rotten_tomatoes adapter=$adapter "${extra[@]}" output_dir=outputs/bench/rt_$adapter
+  .venv/bin/adapterctl train task=rotten_tomatoes adapter=$adapter output_dir=outputs/bench/rt_$adapter
 done
 for adapter in houlsby pfeiffer none; do
   .venv/bin/python -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], m['accuracy'], m['wall_time_s'], 's', m['steps'], 'steps')" \

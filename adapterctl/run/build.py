@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from .. import serialization
 from ..errors import AdapterConfigError, AdapterError
@@ -35,6 +36,7 @@ def backbone_path(path: str) -> str:
 def load_backbone(path: str) -> tuple[AdapterModel, object]:
     """``AdapterModel`` and tokenizer from a folder or Hub id, with a one-line error when absent."""
     resolved = backbone_path(path)
+    hf_logging.disable_progress_bar()  # the run's own progress bar is the one that matters
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         model = AdapterModel.from_pretrained(resolved)
@@ -73,6 +75,8 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
         model.train()
     else:
         model.train_adapter(name)
+        if cfg.trainer.adapter_drop.max_layer:
+            model.set_adapter_drop(cfg.trainer.adapter_drop.max_layer, cfg.trainer.adapter_drop.p)
     if cfg.trainer.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     return model, tokenizer
@@ -86,18 +90,43 @@ def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> 
         serialization._write_head(model, tmp, name)
 
 
-def load_trained(backbone: str, adapter_dir: Path | None, full_model_dir: Path | None, label_names=None):
+def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None):
     """A trained model ready for inference: an adapter (with its head) on a backbone, or a
     fully fine-tuned folder. Returns (model, tokenizer, name)."""
     if full_model_dir is not None:
         model, tokenizer = load_backbone(str(full_model_dir))
         env = serialization.read_json(full_model_dir / serialization.HEAD_CONFIG)
-        serialization.check_labels(env, label_names, full_model_dir)
+        serialization.check_labels(env, labels, full_model_dir)
         name = env["name"]
         serialization._load_head(model, full_model_dir, env, name, name, overwrite_ok=False)
     else:
         model, tokenizer = load_backbone(backbone)
-        name = model.load_adapter(str(adapter_dir), labels=label_names, set_active=True)
+        name = model.load_adapter(str(adapter_dir), labels=labels, set_active=True)
     model.active_head = name
     model.eval()
     return model, tokenizer, name
+
+
+def trained_from(cfg):
+    """What ``evaluate`` and ``predict`` score with, from ``run=<run folder>`` (its task,
+    backbone, trainer settings and best adapter) or ``adapter=<folder or Hub id>`` (with this
+    command's backbone and ``task=``). Returns (model, tokenizer, task config or None, trainer config)."""
+    from . import folders
+
+    if bool(cfg.run) == bool(cfg.adapter_path):
+        raise AdapterConfigError("give exactly one of run=<run folder> or adapter=<adapter folder or Hub id>")
+    task_cfg = cfg.get("task")
+    labels = list(task_cfg.label_names) if task_cfg else None
+    if cfg.run:
+        record, run_cfg = folders.load_run(Path(cfg.run))
+        run = Path(cfg.run)
+        if record.get("setup_dir"):  # a fuse run: its saved setup, fusion and head included
+            model, tokenizer = load_backbone(record["backbone"]["path"])
+            model.load_adapter_setup(run / record["setup_dir"], set_active=True)
+            return model.eval(), tokenizer, task_cfg or run_cfg.task, run_cfg.trainer
+        full = record["full_model_dir"]
+        model, tokenizer, _ = load_trained(record["backbone"]["path"], None if full else run / record["adapter"]["dir"],
+                                           run / full if full else None, labels=labels or record["label_names"])
+        return model, tokenizer, task_cfg or run_cfg.task, run_cfg.trainer
+    model, tokenizer, _ = load_trained(cfg.backbone.path, cfg.adapter_path, None, labels=labels)
+    return model, tokenizer, task_cfg, cfg.trainer

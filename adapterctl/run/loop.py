@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -40,8 +41,10 @@ class LoopState:
 
 
 def accelerator_for(trainer) -> Accelerator:
+    # AdapterDrop leaves the dropped layers' adapters without gradients in a step: DDP must allow that
+    unused = DistributedDataParallelKwargs(find_unused_parameters=bool(trainer.get("adapter_drop", {}).get("max_layer")))
     return Accelerator(split_batches=True, mixed_precision=trainer.mixed_precision,
-                       gradient_accumulation_steps=trainer.gradient_accumulation_steps)
+                       gradient_accumulation_steps=trainer.gradient_accumulation_steps, kwargs_handlers=[unused])
 
 
 def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded, batch_size: int) -> list:
@@ -76,7 +79,7 @@ def train(cfg, accelerator: Accelerator, model, task: Task, train_set: Encoded, 
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch) / accumulation)
     total = t.max_steps or t.epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=t.lr or cfg.adapter.lr, weight_decay=t.weight_decay)
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
                               num_training_steps=total)
     ckpt = folder / "checkpoints"

@@ -42,9 +42,16 @@ def recipes_dir() -> Path:
     return Path(os.environ.get("ADAPTERCTL_RECIPES") or REPO_ROOT / "recipes")
 
 
+# Keys spelt like a config group on the command line: ``adapter=<folder>`` in evaluate and
+# predict names a folder, not an option of conf/adapter/, so it is read as ``adapter_path``.
+PATH_KEYS = {"evaluate": {"adapter": "adapter_path"}, "predict": {"adapter": "adapter_path"}}
+
+
 def load(command: str, overrides: list[str]) -> DictConfig:
     """The composed config of ``command`` (``conf/<command>.yaml``), recipe applied first."""
     overrides = recipe_overrides(overrides) + [o for o in overrides if not o.startswith("recipe=")]
+    for key, renamed in PATH_KEYS.get(command, {}).items():
+        overrides = [f"{renamed}={o.split('=', 1)[1]}" if o.startswith(f"{key}=") else o for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(command, overrides=overrides)
@@ -118,7 +125,7 @@ def explain(error: Exception, command: str) -> str:
         group, option, options = m.group(1), m.group(2), m.group(3).split()
         return f"unknown {group} {option!r}; choose one of: {', '.join(options)} ({group}=<name>)" + _did_you_mean(
             option, options)
-    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' is not in struct", text)
+    m = re.search(r"Could not override '([^']+)'.\s*To append", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:
         key = m.group(1)
         return f"unknown key {key!r} for `adapterctl {command}`{_key_hint(key, command)}"

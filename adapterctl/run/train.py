@@ -57,10 +57,6 @@ def run(overrides: list[str]) -> Path:
             f"trainer.batch_size={cfg.trainer.batch_size} is the global batch and must divide evenly over "
             f"{accelerator.num_processes} processes; pick a multiple of {accelerator.num_processes}"
         )
-    folder = run_folder(cfg, accelerator)
-    main = accelerator.is_main_process
-    log_to(folder / "train.log" if main else None)
-    LOG.info("run folder: %s (%d process(es), %s)", folder, accelerator.num_processes, accelerator.distributed_type)
     started = time.time()
     set_seed(cfg.seed)
     model, tokenizer = build.new_model(cfg)
@@ -68,6 +64,10 @@ def run(overrides: list[str]) -> Path:
     root = data_root(cfg.data_root)
     train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
     eval_set = task.encode(sample(load_rows(cfg.task, root, "validation"), cfg.trainer.max_eval_samples), "validation")
+    folder = run_folder(cfg, accelerator)  # only now: a run with bad inputs leaves no folder behind
+    main = accelerator.is_main_process
+    log_to(folder / "train.log" if main else None)
+    LOG.info("run folder: %s (%d process(es), %s)", folder, accelerator.num_processes, accelerator.distributed_type)
     LOG.info("%s: %d train / %d validation rows; adapter %s (%s)\n%s", task.name, len(train_set), len(eval_set),
              cfg.adapter.name, cfg.adapter.preset, model.adapter_summary())
     if main and not cfg.resume:

