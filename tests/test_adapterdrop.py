@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import yaml
 
 from adapterctl import AdapterConfigError
 from adapterctl.adapterdrop import AdapterDrop
-from conftest import batch, perturb, tiny_model
+from clitools import adapterctl, make_tiny_bert, quick
+from conftest import DATA, batch, perturb, tiny_model
 
 
 def test_draws_cover_zero_to_max_layer_exclusive_and_p_gates_them():
@@ -57,3 +59,15 @@ def test_bad_adapter_drop_settings_are_refused():
     model.set_adapter_drop(1)
     model.set_adapter_drop(None)
     assert model.adapter_drop is None
+
+
+def test_train_command_takes_adapter_drop_from_the_trainer_config(tmp_path):
+    backbone = make_tiny_bert(tmp_path / "tiny")
+    adapterctl("train", *quick(backbone, steps=3), f"data_root={DATA}", "adapter=pfeiffer", "output_dir=run",
+               "trainer.adapter_drop.max_layer=2", "trainer.adapter_drop.p=0.5", cwd=tmp_path)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["trainer"]["adapter_drop"] == {"max_layer": 2, "p": 0.5}
+    assert (tmp_path / "run" / "adapters" / "rotten_tomatoes" / "adapter.safetensors").is_file()
+    bad = adapterctl("train", *quick(backbone), f"data_root={DATA}", "output_dir=run2",
+                     "trainer.adapter_drop.max_layer=5", cwd=tmp_path, check=False)
+    assert bad.returncode == 1 and "model has 2 layers" in bad.stderr
