@@ -92,7 +92,7 @@ def serve(root: Path, handler=http.server.SimpleHTTPRequestHandler, **attrs):
     log: list = []
     cls = type("Handler", (handler,), {"requests": log, "log_message": lambda *a: None, **attrs})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(cls, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/", log

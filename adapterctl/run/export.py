@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 
 from ..errors import AdapterConfigError
-from ..serialization import ADAPTER_CONFIG, atomic_dir, read_json
 from ..hub.cache import file_digest
 from ..hub.card import architecture, dump_card, validate_card
 from ..hub.pack import pack
+from ..serialization import ADAPTER_CONFIG, atomic_dir, read_json
 from . import folders
 
 CARD = "card.yaml"
