@@ -67,7 +67,7 @@ def _index(args) -> int:
 
 
 def _search(args) -> int:
-    filters = parse_options(args.options, dict.fromkeys(index.FILTERS, ""), "adapterctl hub search")
+    filters = parse_options(args.options, dict.fromkeys(index.FILTERS, ""))
     hubs = _hubs(args)
     found = [(h, e) for h in hubs for e in index.search(h.entries, **filters)]
     for hub, entry in found:
@@ -79,7 +79,7 @@ def _search(args) -> int:
 
 
 def _pull(args) -> int:
-    options = parse_options(args.options, PULL_OPTIONS, "adapterctl hub pull")
+    options = parse_options(args.options, PULL_OPTIONS)
     ident = parse(args.identifier)
     if isinstance(ident, HfIdentifier):
         print(f"{args.identifier} -> {pull_hf(ident, args.cache)}")
@@ -102,7 +102,7 @@ def _export_of(folder: Path, options: dict, version: str | None, tmp: str) -> Pa
 
 
 def _push(args) -> int:
-    options = parse_options(args.options, PUSH_OPTIONS, "adapterctl hub push")
+    options = parse_options(args.options, PUSH_OPTIONS)
     version = options.pop("version", None)
     with tempfile.TemporaryDirectory(prefix="adapterctl-push-") as tmp:
         export = _export_of(Path(args.folder), options, version, tmp)

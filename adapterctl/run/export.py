@@ -98,14 +98,14 @@ def export_run(run_folder: Path, out: Path | None = None, **fields) -> Path:
     return out
 
 
-def parse_options(argv: list[str], allowed: dict[str, str], command: str) -> dict[str, str]:
+def parse_options(argv: list[str], allowed: dict[str, str]) -> dict[str, str]:
     """``key=value`` words -> a dict; an unknown key is an error that lists the valid ones."""
     options = {}
     for word in argv:
         key, sep, value = word.partition("=")
         if not sep or key not in allowed:
             valid = "\n".join(f"  {k}=...  {v}" for k, v in allowed.items())
-            raise AdapterConfigError(f"{command}: unexpected {word!r}; the options are:\n{valid}")
+            raise AdapterConfigError(f"unexpected {word!r}; the options are:\n{valid}")
         options[key] = value
     return options
 
@@ -113,9 +113,9 @@ def parse_options(argv: list[str], allowed: dict[str, str], command: str) -> dic
 def main(argv: list[str]) -> int:
     """Entry point the top-level CLI dispatches ``adapterctl export ...`` to; user errors raise
     ``AdapterError`` (or ``FileExistsError``), which it prints as one line."""
-    options = parse_options(argv, OPTIONS, "adapterctl export")
+    options = parse_options(argv, OPTIONS)
     if "run" not in options:
-        raise AdapterConfigError("adapterctl export needs run=<run folder>, e.g. run=outputs/train/<date>_<time>")
+        raise AdapterConfigError("give the run to export: run=<run folder>, e.g. run=outputs/train/<date>_<time>")
     run = options.pop("run")
     out = export_run(Path(run), Path(options.pop("out")) if "out" in options else None, **options)
     print(f"exported {run} -> {out}\n\n{(out / CARD).read_text()}\npublish it: adapterctl hub push {out} --hub <hub folder>")
