@@ -76,3 +76,28 @@ def test_parallel(family):
     close(out.hidden_states, ref["parallel_pf_f1.hidden"])
     close(out.logits[0], ref["parallel_pf_f1.logits.0"])
     close(out.logits[1], ref["parallel_pf_f1.logits.1"])
+
+
+def test_config_hashes_match_adapterhubs_index_keys():
+    import json
+
+    from adapterctl import config_hash, load_config
+
+    recorded = json.loads((FIXTURES / "config_hashes.json").read_text())
+    ours = {"seq_bn": "pfeiffer", "double_seq_bn": "houlsby", "par_bn": "parallel", "seq_bn_inv": "pfeiffer+inv",
+            "double_seq_bn_inv": "houlsby+inv", "seq_bn_r8_gelu": "pfeiffer[reduction_factor=8, non_linearity='gelu']"}
+    for name, entry in recorded.items():
+        assert config_hash(load_config(entry["config"])) == entry["hash"], name  # their saved config
+        assert config_hash(load_config(ours[name])) == entry["hash"], name  # our preset of the same name
+
+
+def test_head_files_are_matched_by_exact_prefix():
+    """AdapterHub's saving matches heads by substring: f1's head file also holds the fusion
+    head ``heads.f1,f2,f3.*``. Only ``heads.f1.`` belongs to f1."""
+    folder = FIXTURES / "bert" / "safetensors" / "f1"
+    assert any(k.startswith("heads.f1,f2,f3.") for k in load_file(folder / "model_head.safetensors"))
+    model = AdapterModel.from_pretrained(FIXTURES / "bert" / "backbone")
+    model.load_adapter(folder, load_as="renamed")
+    assert list(model.heads) == ["renamed"]
+    assert sorted(k for k in model.state_dict() if k.startswith("heads.")) == [
+        "heads.renamed.1.bias", "heads.renamed.1.weight", "heads.renamed.4.bias", "heads.renamed.4.weight"]
