@@ -151,8 +151,8 @@ class BnConfig:
             )
         legacy_inv = d.pop("invertible_adapter", None)  # adapter-transformers v1 nested form
         if legacy_inv:
-            d.setdefault("inv_adapter", legacy_inv.get("block_type"))
-            d.setdefault("inv_adapter_reduction_factor", legacy_inv.get("reduction_factor"))
+            d["inv_adapter"] = legacy_inv.get("block_type")
+            d["inv_adapter_reduction_factor"] = legacy_inv.get("reduction_factor")
         known = set(field_names())
         unknown = sorted(set(d) - known)
         if unknown:

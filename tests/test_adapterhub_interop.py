@@ -101,3 +101,28 @@ def test_head_files_are_matched_by_exact_prefix():
     assert list(model.heads) == ["renamed"]
     assert sorted(k for k in model.state_dict() if k.startswith("heads.")) == [
         "heads.renamed.1.bias", "heads.renamed.1.weight", "heads.renamed.4.bias", "heads.renamed.4.weight"]
+
+
+@pytest.mark.parametrize("legacy_config", ["pfeiffer", "seq_bn[reduction_factor=16]"])
+def test_legacy_config_forms_in_adapter_config_json(tmp_path, legacy_config):
+    """Older files name their config by a string (an alias or the string form)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "pf"
+    shutil.copytree(FIXTURES / "bert" / "bin" / "pf", folder)
+    envelope = json.loads((folder / "adapter_config.json").read_text())
+    envelope["config"] = legacy_config
+    (folder / "adapter_config.json").write_text(json.dumps(envelope))
+    ref = load_file(FIXTURES / "bert" / "reference_outputs.safetensors")
+    model = AdapterModel.from_pretrained(FIXTURES / "bert" / "backbone").eval()
+    model.load_adapter(folder)
+    close(outputs(model, ref, "pf").logits, ref["pf.logits"])
+
+
+def test_legacy_nested_invertible_adapter_key():
+    from adapterctl import load_config
+
+    config = load_config({**load_config("pfeiffer").to_dict(), "inv_adapter": None,
+                          "invertible_adapter": {"block_type": "nice", "reduction_factor": 2}})
+    assert (config.inv_adapter, config.inv_adapter_reduction_factor) == ("nice", 2)
