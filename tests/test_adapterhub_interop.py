@@ -69,9 +69,10 @@ def test_fusion(family, fmt):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
-def test_parallel(family):
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_parallel(family, fmt):
     ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
-    model = load(family, "safetensors", ["pf", "f1"])
+    model = load(family, fmt, ["pf", "f1"])
     out = outputs(model, ref, Parallel("pf", "f1"))
     close(out.hidden_states, ref["parallel_pf_f1.hidden"])
     close(out.logits[0], ref["parallel_pf_f1.logits.0"])
