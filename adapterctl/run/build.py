@@ -7,11 +7,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .. import serialization
+from ..composition import Parallel
 from ..errors import AdapterConfigError, AdapterError
 from ..model import AdapterModel
 
@@ -105,6 +106,46 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
     model.active_head = name
     model.eval()
     return model, tokenizer, name
+
+
+def is_parallel(cfg) -> bool:
+    """``run=[...]`` or ``adapter=[...]``: several adapters for one Parallel pass."""
+    return isinstance(cfg.run or cfg.adapter_path, ListConfig)
+
+
+def parallel_from(cfg):
+    """Several trained adapters, each with its head, in one ``Parallel`` pass (multi-task
+    inference): ``run=[r1,r2]`` (each run's backbone, which must be one, and task) or
+    ``adapter=[a,b]`` (this command's backbone and ``task=``, if any). Returns (model,
+    tokenizer, [(adapter name, its task config or None)], trainer config)."""
+    from . import folders
+    from .fuse import adapter_source
+
+    if bool(cfg.run) == bool(cfg.adapter_path):
+        raise AdapterConfigError("give exactly one of run=[<run folders>] or adapter=[<adapter folders or Hub ids>]")
+    specs = list(cfg.run or cfg.adapter_path)
+    runs = [folders.load_run(Path(s)) for s in specs] if cfg.run else None
+    backbone, trainer = cfg.backbone.path, cfg.trainer
+    if runs:
+        backbones = sorted({record["backbone"]["path"] for record, _ in runs})
+        if len(backbones) > 1:
+            raise AdapterConfigError(f"the runs use different backbones ({', '.join(backbones)}); Parallel runs on one")
+        backbone, trainer = backbones[0], runs[0][1].trainer
+    model, tokenizer = load_backbone(backbone)
+    tasks = []
+    for i, spec in enumerate(specs):
+        source = adapter_source(spec)
+        name = model.load_adapter(source, load_as=_load_as(model, source, i))
+        tasks.append((name, runs[i][1].task if runs else cfg.get("task")))
+    model.set_active_adapters(Parallel(*[name for name, _ in tasks]))
+    return model.eval(), tokenizer, tasks, trainer
+
+
+def _load_as(model: AdapterModel, source, index: int) -> str | None:
+    """A second adapter saved under a name already loaded becomes ``<name>_<index>``."""
+    config = Path(source) / serialization.ADAPTER_CONFIG
+    name = serialization.read_json(config).get("name") if config.is_file() else None
+    return f"{name}_{index}" if name and model.has_adapter(name) else None
 
 
 def trained_from(cfg):

@@ -2,7 +2,8 @@
 
 Inputs: ``text="..."`` (or a list; a pair as a two-item list) or ``file=`` (.json, .jsonl,
 .csv with the task's text columns, or a single ``text`` column). Output: JSON Lines on stdout,
-or in ``output=<file>``.
+or in ``output=<file>``. With ``adapter=[a,b,...]`` (or ``run=[...]``) the adapters run in one
+Parallel pass and each line holds every adapter's label and scores under its name.
 """
 
 from __future__ import annotations
@@ -39,13 +40,20 @@ def _rows(cfg, columns: list[str]) -> list[dict]:
 
 def run(overrides: list[str]) -> int:
     cfg = settings.load("predict", overrides)
-    model, tokenizer, task_cfg, trainer = build.trained_from(cfg)
-    head = model.heads[model.active_head]
-    if head.config["head_type"] != "classification":
-        raise AdapterConfigError(f"predict handles classification and regression heads; this one is {head.config['head_type']}")
+    parallel = build.is_parallel(cfg)
+    if parallel:
+        model, tokenizer, tasks, trainer = build.parallel_from(cfg)
+        names, task_cfg = [name for name, _ in tasks], tasks[0][1]
+    else:
+        model, tokenizer, task_cfg, trainer = build.trained_from(cfg)
+        names = [model.active_head]
+    heads = [model.heads[name] for name in names]
+    for head in heads:
+        if head.config["head_type"] != "classification":
+            raise AdapterConfigError(
+                f"predict handles classification and regression heads; {head.name!r} is {head.config['head_type']}")
     columns = list(task_cfg.text_columns) if task_cfg else ["text"]
     rows = _rows(cfg, columns)
-    id2label = head.id2label
     lines = []
     for start in range(0, len(rows), trainer.eval_batch_size):
         chunk = rows[start:start + trainer.eval_batch_size]
@@ -53,8 +61,10 @@ def run(overrides: list[str]) -> int:
                         padding=True, return_tensors="pt")
         with torch.no_grad():
             logits = model(**enc).logits
-        for row, row_logits in zip(chunk, logits):
-            lines.append(json.dumps({**row, **_label(row_logits, id2label)}))
+        for i, row in enumerate(chunk):
+            labels = [_label(head_logits[i], head.id2label) for head_logits, head in zip(
+                logits if parallel else [logits], heads)]
+            lines.append(json.dumps({**row, **dict(zip(names, labels))} if parallel else {**row, **labels[0]}))
     text = "\n".join(lines) + "\n"
     if cfg.output:
         Path(cfg.output).write_text(text)
