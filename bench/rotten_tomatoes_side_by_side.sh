@@ -5,7 +5,7 @@
 #   bash bench/rotten_tomatoes_side_by_side.sh > bench/side_by_side.log 2>&1
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for adapter in houlsby pfeiffer none; do
+for adapter in houlsby none pfeiffer; do
   .venv/bin/adapterctl train task=rotten_tomatoes adapter=$adapter output_dir=outputs/bench/rt_$adapter
 done
 for adapter in houlsby pfeiffer none; do

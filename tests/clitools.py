@@ -39,14 +39,27 @@ def quick(backbone: Path, steps: int = 4) -> list[str]:
             "trainer.max_train_samples=64", "trainer.max_eval_samples=32", "trainer.max_length=32"]
 
 
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _script() -> list[str]:
+    return [str(Path(sys.executable).parent / "adapterctl")]
+
+
 def adapterctl(*args, cwd: Path, check: bool = True, command=None, **kwargs) -> subprocess.CompletedProcess:
     """Run the installed console script (or ``command``) in ``cwd``, offline, on 1 thread per process."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = command or [str(Path(sys.executable).parent / "adapterctl")]
-    proc = subprocess.run([*cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run([*(command or _script()), *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def spawn(*args, cwd: Path) -> subprocess.Popen:
+    """The console script in the background (to be killed)."""
+    return subprocess.Popen([*_script(), *args], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def adapter_weights(run: Path, name: str = "rotten_tomatoes") -> dict:

@@ -9,12 +9,13 @@ batches as an uninterrupted one and can skip the ones already done.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -43,8 +44,12 @@ class LoopState:
 def accelerator_for(trainer) -> Accelerator:
     # AdapterDrop leaves the dropped layers' adapters without gradients in a step: DDP must allow that
     unused = DistributedDataParallelKwargs(find_unused_parameters=bool(trainer.get("adapter_drop", {}).get("max_layer")))
-    return Accelerator(split_batches=True, mixed_precision=trainer.mixed_precision,
-                       gradient_accumulation_steps=trainer.gradient_accumulation_steps, kwargs_handlers=[unused])
+    # Under torchrun on a machine without a GPU, accelerate enters MULTI_CPU (gloo) only when told cpu=True.
+    launched_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
+                       mixed_precision=trainer.mixed_precision,
+                       gradient_accumulation_steps=trainer.gradient_accumulation_steps, kwargs_handlers=[unused],
+                       cpu=launched_without_gpu)
 
 
 def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded, batch_size: int) -> list:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from accelerate.utils import broadcast_object_list, set_seed
+from omegaconf import OmegaConf
 
 from .. import metrics
 from ..data import Task, data_root, load_rows
@@ -47,9 +48,23 @@ def run_folder(cfg, accelerator, command: str = "train") -> Path:
     return Path(choice[0])
 
 
+def resumed_config(cfg, command: str = "train"):
+    """``resume=true`` continues a run with the config it started with (its ``config.yaml``),
+    so nothing but ``resume=true`` (and ``output_dir=`` for a run other than the latest) is needed."""
+    folder = Path(cfg.output_dir) if cfg.output_dir else folders.latest_run(command)
+    if not (folder / "config.yaml").is_file():
+        raise AdapterConfigError(f"{folder} is not a run folder (no config.yaml); give output_dir=<run folder> to resume")
+    saved = OmegaConf.load(folder / "config.yaml")
+    saved.output_dir, saved.resume = str(folder), True
+    OmegaConf.set_struct(saved, True)
+    return saved
+
+
 def run(overrides: list[str]) -> Path:
     """One training run; returns its folder."""
     cfg = settings.load("train", overrides)
+    if cfg.resume:
+        cfg = resumed_config(cfg)
     metrics.check(cfg.task.metrics)
     accelerator = loop.accelerator_for(cfg.trainer)
     if cfg.trainer.batch_size % accelerator.num_processes:
