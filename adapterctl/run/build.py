@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .. import serialization
-from ..composition import Parallel
+from ..composition import Parallel, Stack
 from ..errors import AdapterConfigError, AdapterError
 from ..model import AdapterModel
 
@@ -69,6 +69,9 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     training; ``adapter=none`` trains the whole model (full fine-tuning)."""
     model, tokenizer = load_backbone(cfg.backbone.path)
     name = cfg.adapter.name
+    below = load_below(model, cfg.setup)
+    if below and cfg.adapter.preset == "none":
+        raise AdapterConfigError("setup=[...] stacks the new adapter on others; it needs an adapter, not adapter=none")
     if cfg.adapter.preset != "none":
         model.add_adapter(name, cfg.adapter.preset, **adapter_overrides(cfg.adapter))
     model.add_head(name, cfg.head.type, **head_options(cfg.head, cfg.task.label_names))
@@ -76,11 +79,21 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
         model.train()
     else:
         model.train_adapter(name)
+        if below:  # MAD-X: the new adapter trains on top of the frozen ones
+            model.set_active_adapters(Stack(*below, name))
         if cfg.trainer.adapter_drop.max_layer:
             model.set_adapter_drop(cfg.trainer.adapter_drop.max_layer, cfg.trainer.adapter_drop.p)
     if cfg.trainer.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     return model, tokenizer
+
+
+def load_below(model: AdapterModel, sources) -> list[str]:
+    """``setup=[...]``: adapters (run, exported or adapter folders, names, Hub ids) loaded frozen
+    and without heads, to run below the trained or evaluated one (MAD-X: a language adapter)."""
+    from .fuse import adapter_source
+
+    return [model.load_adapter(adapter_source(str(s)), with_head=False) for s in sources or []]
 
 
 def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> None:
@@ -91,9 +104,9 @@ def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> 
         serialization._write_head(model, tmp, name)
 
 
-def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None):
-    """A trained model ready for inference: an adapter (with its head) on a backbone, or a
-    fully fine-tuned folder. Returns (model, tokenizer, name)."""
+def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None, below=()):
+    """A trained model ready for inference: an adapter (with its head) on a backbone, stacked
+    on the adapters ``below`` (MAD-X), or a fully fine-tuned folder. Returns (model, tokenizer, name)."""
     if full_model_dir is not None:
         model, tokenizer = load_backbone(str(full_model_dir))
         env = serialization.read_json(full_model_dir / serialization.HEAD_CONFIG)
@@ -103,6 +116,8 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
     else:
         model, tokenizer = load_backbone(backbone)
         name = model.load_adapter(str(adapter_dir), labels=labels, set_active=True)
+        if below:
+            model.set_active_adapters(Stack(*load_below(model, below), name))
     model.active_head = name
     model.eval()
     return model, tokenizer, name
@@ -166,8 +181,10 @@ def trained_from(cfg):
             model.load_adapter_setup(run / record["setup_dir"], set_active=True)
             return model.eval(), tokenizer, task_cfg or run_cfg.task, run_cfg.trainer
         full = record["full_model_dir"]
+        below = cfg.setup or [run / "adapters" / n for n in record.get("setup", [])]  # setup=: another language
         model, tokenizer, _ = load_trained(record["backbone"]["path"], None if full else run / record["adapter"]["dir"],
-                                           run / full if full else None, labels=labels or record["label_names"])
+                                           run / full if full else None, labels=labels or record["label_names"],
+                                           below=below)
         return model, tokenizer, task_cfg or run_cfg.task, run_cfg.trainer
-    model, tokenizer, _ = load_trained(cfg.backbone.path, cfg.adapter_path, None, labels=labels)
+    model, tokenizer, _ = load_trained(cfg.backbone.path, cfg.adapter_path, None, labels=labels, below=cfg.setup)
     return model, tokenizer, task_cfg, cfg.trainer

@@ -87,7 +87,8 @@ def run(overrides: list[str]) -> Path:
              cfg.adapter.name, cfg.adapter.preset, model.adapter_summary())
     if main and not cfg.resume:
         folders.write_config(folder, cfg, overrides)
-        folders.write_json(folder / folders.RUN_JSON, folders.run_record(cfg, "train"))
+        below = model.active_setup.flatten()[:-1] if model.active_setup else []  # MAD-X: the frozen stack
+        folders.write_json(folder / folders.RUN_JSON, {**folders.run_record(cfg, "train"), "setup": below})
     trackers = Trackers(folder, cfg.logger.backends, enabled=main)
     state = loop.train(cfg, accelerator, model, task, train_set, eval_set, folder, trackers, resume=cfg.resume)
     trackers.close()
@@ -97,6 +98,8 @@ def run(overrides: list[str]) -> Path:
             build.save_full_model(model, tokenizer, folder / build.FULL_MODEL_DIR, name)
         else:
             model.save_adapter(folder / "adapters" / name, name, with_head=True)
+            for frozen in model.active_setup.flatten()[:-1]:
+                model.save_adapter(folder / "adapters" / frozen, frozen, with_head=False)
         result = {**state.best_metrics, "best_step": state.best_step, "steps": state.step,
                   "train_loss": state.train_loss, "main_metric": cfg.task.main_metric,
                   "train_rows": len(train_set), "validation_rows": len(eval_set),
