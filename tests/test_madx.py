@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from adapterctl import AdapterModel, Stack
+from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from adapterctl.methods.invertible import GLOWCoupling, NICECoupling
 from conftest import batch, perturb, tiny_backbone, tiny_model
 
@@ -62,6 +62,20 @@ def test_only_the_first_adapter_of_the_setup_runs_its_block_on_the_embeddings():
         assert torch.equal(embeddings(input_ids=ids), model.backbone.invertible_adapters["en"](bare))
         model.set_active_adapters(Stack("task", "en"))  # "task" first: it has no block
         assert torch.equal(embeddings(input_ids=ids), bare)
+
+
+def test_parallel_branches_share_one_language_adapter_or_are_refused():
+    model, inputs = madx_model(), batch()
+    model.add_adapter("t2", "pfeiffer")
+    model.add_classification_head("t2", num_labels=2)
+    with torch.no_grad():
+        model.set_active_adapters(Parallel(Stack("en", "task"), Stack("en", "t2")))
+        together = model(**inputs).logits
+        model.set_active_adapters(Stack("en", "task"))
+        assert torch.equal(together[0], model(**inputs).logits)
+        model.set_active_adapters(Parallel(Stack("en", "task"), Stack("de", "t2")))
+        with pytest.raises(AdapterConfigError, match="start with different adapters \\(de, en\\)"):
+            model(**inputs)
 
 
 def test_task_adapter_trains_on_top_of_the_frozen_language_adapter():

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .. import composition as C
 from ..config import BnConfig
+from ..errors import AdapterConfigError
 from .bottleneck import Activation
 
 
@@ -119,8 +121,26 @@ class InvertibleAdapters(nn.ModuleDict):
 
     def active(self) -> nn.Module | None:
         setup = self.context.active_setup
-        return self[setup.first()] if setup is not None and setup.first() in self else None
+        if setup is None:
+            return None
+        entries = _entry_adapters(setup)
+        if len(entries) > 1 and any(name in self for name in entries):
+            raise AdapterConfigError(
+                f"{setup!r}: its Parallel branches start with different adapters ({', '.join(sorted(entries))}), "
+                "and an invertible (MAD-X) block runs once at the embeddings, for all branches; start every branch "
+                "with the same language adapter"
+            )
+        return self[setup.first()] if setup.first() in self else None
 
     def forward(self, hidden: torch.Tensor, rev: bool = False) -> torch.Tensor:
         block = self.active()
         return hidden if block is None else block(hidden, rev=rev)
+
+
+def _entry_adapters(setup) -> set[str]:
+    """The adapters a setup starts with: one per Parallel branch, else its first."""
+    if isinstance(setup, str):
+        return {setup}
+    if isinstance(setup, C.Parallel):
+        return set().union(*(_entry_adapters(child) for child in setup))
+    return _entry_adapters(setup.children[0])
