@@ -23,7 +23,7 @@ from ..errors import AdapterConfigError
 from ..serialization import ADAPTER_CONFIG
 from . import build, export, folders, loop, settings
 from .loggers import LOG, Trackers, log_to
-from .train import run_folder, sample
+from .train import run_folder, sample, write_result
 
 SETUP_DIR = "setup"
 
@@ -82,13 +82,8 @@ def run(overrides: list[str]) -> Path:
     trackers.close()
     if main:
         model.save_adapter_setup(folder / SETUP_DIR, setup)
-        result = {**state.best_metrics, "best_step": state.best_step, "steps": state.step,
-                  "train_loss": state.train_loss, "main_metric": cfg.task.main_metric, "fusion": fusion,
-                  "train_rows": len(train_set), "validation_rows": len(eval_set),
-                  "wall_time_s": round(time.time() - started, 1)}
-        folders.write_json(folder / folders.METRICS_JSON, result)
-        LOG.info("done: %s=%.4f at step %s -> %s", cfg.task.main_metric, state.best_score or 0.0, state.best_step,
-                 folder)
+        write_result(cfg, folder, state, accelerator, started, fusion=fusion, train_rows=len(train_set),
+                     validation_rows=len(eval_set))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder

@@ -60,6 +60,15 @@ def resumed_config(cfg, command: str = "train"):
     return saved
 
 
+def write_result(cfg, folder: Path, state, accelerator, started: float, **extra) -> None:
+    """``metrics.json``: the best evaluation and the run's counters; then the closing log line."""
+    result = {**state.best_metrics, "best_step": state.best_step, "steps": state.step, "train_loss": state.train_loss,
+              "main_metric": cfg.task.main_metric, **extra, "processes": accelerator.num_processes,
+              "wall_time_s": round(time.time() - started, 1)}
+    folders.write_json(folder / folders.METRICS_JSON, result)
+    LOG.info("done: %s=%.4f at step %s -> %s", cfg.task.main_metric, state.best_score or 0.0, state.best_step, folder)
+
+
 def run(overrides: list[str]) -> Path:
     """One training run; returns its folder."""
     cfg = settings.load("train", overrides)
@@ -100,13 +109,7 @@ def run(overrides: list[str]) -> Path:
             model.save_adapter(folder / "adapters" / name, name, with_head=True)
             for frozen in model.active_setup.flatten()[:-1]:
                 model.save_adapter(folder / "adapters" / frozen, frozen, with_head=False)
-        result = {**state.best_metrics, "best_step": state.best_step, "steps": state.step,
-                  "train_loss": state.train_loss, "main_metric": cfg.task.main_metric,
-                  "train_rows": len(train_set), "validation_rows": len(eval_set),
-                  "processes": accelerator.num_processes, "wall_time_s": round(time.time() - started, 1)}
-        folders.write_json(folder / folders.METRICS_JSON, result)
-        LOG.info("done: %s=%.4f at step %s -> %s", cfg.task.main_metric, state.best_score or 0.0, state.best_step,
-                 folder)
+        write_result(cfg, folder, state, accelerator, started, train_rows=len(train_set), validation_rows=len(eval_set))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return folder
