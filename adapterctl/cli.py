@@ -35,6 +35,7 @@ COMMANDS = {
     "fuse": "adapterctl.run.fuse",
     "hub": "adapterctl.hub.cli",
 }
+SWEEPABLE = ("train", "fuse")  # commands whose runs write a folder with metrics.json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
-    from .errors import AdapterError
+    from .errors import AdapterConfigError, AdapterError
 
     try:
         if command == "recipes":
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         module = _module(command)
-        multirun = [a for a in args if a in ("-m", "--multirun")]
-        args = [a for a in args if a not in ("-m", "--multirun")]
-        if multirun:
-            return multirun_(command, module, args)
+        if {"-m", "--multirun"} & set(args):
+            if command not in SWEEPABLE:
+                raise AdapterConfigError(f"multirun (-m) works with {' and '.join(SWEEPABLE)}; run {command} once per value")
+            return multirun_(command, module, [a for a in args if a not in ("-m", "--multirun")])
         result = module.run(args) if hasattr(module, "run") else module.main(args)
         return result if isinstance(result, int) else 0
     except (AdapterError, FileExistsError) as e:
