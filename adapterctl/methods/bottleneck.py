@@ -250,17 +250,21 @@ class AdapterLayer(nn.Module):
         return state._replace(hidden=fusion(query, up, state.residual), last=last)
 
     def _split(self, block: C.Split, state: State, level: int) -> State:
-        if sum(block.splits) != state.hidden.shape[1]:
-            raise AdapterConfigError(
-                f"Split sizes {block.splits} add up to {sum(block.splits)}, but the sequence has "
-                f"{state.hidden.shape[1]} positions; make them add up (pad to a fixed length)"
-            )
-        state, _ = self._pre(block, state)
         return self._parts(block, state, level, block.splits, dim=1)
+
+    def _batchsplit(self, block: C.BatchSplit, state: State, level: int) -> State:
+        return self._parts(block, state, level, block.batch_sizes, dim=0)
 
     def _parts(self, block, state: State, level: int, sizes: list[int], dim: int) -> State:
         """Children each on their own slice (batch rows: dim 0, sequence positions: dim 1),
         joined again after."""
+        if sum(sizes) != state.hidden.shape[dim]:
+            what = ("batch", "rows", "batch_sizes") if dim == 0 else ("sequence", "positions", "splits")
+            raise AdapterConfigError(
+                f"{type(block).__name__} sizes {sizes} add up to {sum(sizes)}, but the {what[0]} has "
+                f"{state.hidden.shape[dim]} {what[1]}; make {what[2]} add up to it"
+            )
+        state, _ = self._pre(block, state)
         parts, start = [], 0
         for child, n in zip(block, sizes):
             part = State(*(t.narrow(dim, start, n) if torch.is_tensor(t) else t for t in state))
@@ -270,22 +274,11 @@ class AdapterLayer(nn.Module):
         last = next((p.last for p in reversed(parts) if p.last), None)
         return state._replace(**joined, up=None, last=last)
 
-    def _batchsplit(self, block: C.BatchSplit, state: State, level: int) -> State:
-        if sum(block.batch_sizes) != state.hidden.shape[0]:
-            raise AdapterConfigError(
-                f"BatchSplit sizes {block.batch_sizes} add up to {sum(block.batch_sizes)}, but the batch has "
-                f"{state.hidden.shape[0]} rows; make batch_sizes add up to the batch size"
-            )
-        state, _ = self._pre(block, state)
-        return self._parts(block, state, level, block.batch_sizes, dim=0)
-
     def _parallel(self, block: C.Parallel, state: State, level: int) -> State:
         n = len(block)
         if state.hidden.shape[0] % n:
             raise AdapterConfigError(f"a Parallel batch of {state.hidden.shape[0]} rows does not split into {n} copies")
-        state, _ = self._pre(block, state)
-        rows = state.hidden.shape[0] // n
-        return self._parts(block, state, level, [rows] * n, dim=0)
+        return self._parts(block, state, level, [state.hidden.shape[0] // n] * n, dim=0)
 
     def _average(self, block: C.Average, state: State, level: int) -> State:
         state, _ = self._pre(block, state)
