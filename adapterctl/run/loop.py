@@ -126,7 +126,7 @@ def train(cfg, accelerator: Accelerator, model, task: Task, train_set: Encoded, 
                 trackers.log(state.step, {"train/loss": mean, "train/lr": scheduler.get_last_lr()[0]})
             if state.step % eval_every == 0 or state.step == total:
                 _evaluate_and_keep_best(cfg, accelerator, unwrapped, task, eval_set, ckpt, state, trackers)
-            if state.step % t.save_steps == 0 or state.step % eval_every == 0 or state.step == total:
+            if (t.save_steps and state.step % t.save_steps == 0) or state.step % eval_every == 0 or state.step == total:
                 if accelerator.is_main_process:
                     checkpoint.save(ckpt / "last", unwrapped, optimizer, scheduler, asdict(state))
                 accelerator.wait_for_everyone()
