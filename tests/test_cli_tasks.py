@@ -52,3 +52,9 @@ def test_full_fine_tuning_saves_the_model_and_evaluates_the_same(tmp_path, monke
     capsys.readouterr()
     assert main(["evaluate", "run=run"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] == m["accuracy"]
+
+
+def test_tensorboard_logger_writes_events_beside_the_csv(tmp_path, monkeypatch, tiny):
+    train(tmp_path, monkeypatch, *quick(tiny, steps=2), "logger=tensorboard", "logger.every=1")
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert "train/loss" in (tmp_path / "run" / "metrics.csv").read_text()
