@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapterctl import AdapterModel, Fuse
+from adapterctl.run.build import adapter_source
 from clitools import adapterctl, make_tiny_bert
 from conftest import DATA, perturb
 
@@ -45,3 +46,24 @@ def test_fuse_refuses_a_single_adapter_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "adapterctl fuse: error: fuse needs at least two adapters, got ['mnli']: adapters=[a,b,...]"
     ]
+
+
+def test_adapter_sources_resolve_runs_exports_folders_names_and_hub_ids(tmp_path):
+    adapter = tmp_path / "run" / "adapters" / "rte"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"adapter": {"dir": "adapters/rte"}, "full_model_dir": None}))
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    export = tmp_path / "export"
+    (export / "rte").mkdir(parents=True)
+    (export / "rte" / "adapter_config.json").write_text("{}")
+    (export / "card.yaml").write_text("{}\n")
+    named = tmp_path / "outputs" / "train" / "2026-01-02_00-00-00" / "adapters" / "sst2"
+    named.mkdir(parents=True)
+    (named / "adapter_config.json").write_text("{}")
+
+    assert adapter_source(str(tmp_path / "run")) == adapter
+    assert adapter_source(str(export)) == export / "rte"
+    assert adapter_source(str(adapter)) == adapter
+    assert adapter_source("sst2", base=tmp_path / "outputs") == named
+    assert adapter_source("nli/multinli@ukp", base=tmp_path / "outputs") == "nli/multinli@ukp"

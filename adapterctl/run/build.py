@@ -88,11 +88,30 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     return model, tokenizer
 
 
+def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
+    """Where a named adapter comes from: a train run folder (its adapter), an exported folder
+    (the adapter beside ``card.yaml``), an adapter folder, the adapter of that name in the
+    newest run under ``outputs/train``; anything else is a Hub identifier."""
+    from . import export, folders
+
+    path = Path(spec)
+    if (path / folders.RUN_JSON).is_file():
+        record, _ = folders.load_run(path)
+        return export.adapter_dir(path, record)
+    if (path / export.CARD).is_file():
+        found = [p.parent for p in path.glob(f"*/{serialization.ADAPTER_CONFIG}")]
+        if len(found) != 1:
+            raise AdapterConfigError(f"{path} holds {len(found)} adapter folders beside {export.CARD}; name one of them")
+        return found[0]
+    if path.is_dir():
+        return path
+    runs = sorted(base.glob(f"train/*/adapters/{spec}/{serialization.ADAPTER_CONFIG}"))
+    return runs[-1].parent if runs else spec
+
+
 def load_below(model: AdapterModel, sources) -> list[str]:
     """``setup=[...]``: adapters (run, exported or adapter folders, names, Hub ids) loaded frozen
     and without heads, to run below the trained or evaluated one (MAD-X: a language adapter)."""
-    from .fuse import adapter_source
-
     return [model.load_adapter(adapter_source(str(s)), with_head=False) for s in sources or []]
 
 
@@ -134,8 +153,6 @@ def parallel_from(cfg):
     ``adapter=[a,b]`` (this command's backbone and ``task=``, if any). Returns (model,
     tokenizer, [(adapter name, its task config or None)], trainer config)."""
     from . import folders
-    from .fuse import adapter_source
-
     if bool(cfg.run) == bool(cfg.adapter_path):
         raise AdapterConfigError("give exactly one of run=[<run folders>] or adapter=[<adapter folders or Hub ids>]")
     specs = list(cfg.run or cfg.adapter_path)

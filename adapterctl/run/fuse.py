@@ -20,31 +20,11 @@ from .. import metrics
 from ..composition import Fuse
 from ..data import Task, data_root, load_rows
 from ..errors import AdapterConfigError
-from ..serialization import ADAPTER_CONFIG
-from . import build, export, folders, loop, settings
+from . import build, folders, loop, settings
 from .loggers import LOG, Trackers, log_to
 from .train import run_folder, sample, write_result
 
 SETUP_DIR = "setup"
-
-
-def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
-    """Where a named adapter comes from: a train run folder (its adapter), an exported folder
-    (the adapter beside ``card.yaml``), an adapter folder, the adapter of that name in the
-    newest run under ``outputs/train``; anything else is a Hub identifier."""
-    path = Path(spec)
-    if (path / folders.RUN_JSON).is_file():
-        record, _ = folders.load_run(path)
-        return export.adapter_dir(path, record)
-    if (path / export.CARD).is_file():
-        found = [p.parent for p in path.glob(f"*/{ADAPTER_CONFIG}")]
-        if len(found) != 1:
-            raise AdapterConfigError(f"{path} holds {len(found)} adapter folders beside {export.CARD}; name one of them")
-        return found[0]
-    if path.is_dir():
-        return path
-    runs = sorted(base.glob(f"train/*/adapters/{spec}/{ADAPTER_CONFIG}"))
-    return runs[-1].parent if runs else spec
 
 
 def run(overrides: list[str]) -> Path:
@@ -60,7 +40,7 @@ def run(overrides: list[str]) -> Path:
     started = time.time()
     set_seed(cfg.seed)
     model, tokenizer = build.load_backbone(cfg.backbone.path)
-    sources = [adapter_source(spec) for spec in cfg.adapters]
+    sources = [build.adapter_source(spec) for spec in cfg.adapters]
     names = [model.load_adapter(source, with_head=False) for source in sources]
     fusion = model.add_fusion(names, {k: v for k, v in OmegaConf.to_container(cfg.fusion).items() if k != "lr"})
     model.add_head(fusion, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
