@@ -148,3 +148,28 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     plain, checkpointed = grads(False), grads(True)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("preset", ["pfeiffer", "houlsby"])
+def test_fused_single_adapter_step_equals_the_general_path(monkeypatch, family, preset):
+    """One active adapter takes a shortcut (fewer passes over the batch); it must compute the
+    same outputs and gradients as pre_forward/forward/post_forward."""
+    from adapterctl.methods.bottleneck import Bottleneck
+
+    def run():
+        model = tiny_model(family)
+        model.add_adapter("a", preset)
+        model.add_head("a", num_labels=2)
+        perturb(model, ".a.")
+        model.train_adapter("a")
+        model.eval()  # dropout off, so both paths compute the same function
+        out = model(**batch(), labels=torch.tensor([0, 1, 1]))
+        out.loss.backward()
+        return out.logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    fused_logits, fused_grads = run()
+    monkeypatch.setattr(Bottleneck, "fusable", property(lambda self: False))
+    general_logits, general_grads = run()
+    assert (fused_logits - general_logits).abs().max() <= 1e-6
+    assert all(torch.allclose(fused_grads[n], general_grads[n], atol=1e-6) for n in general_grads)

@@ -28,7 +28,7 @@ def test_training_passes_skip_the_lowest_layers_and_inference_does_not():
     model.set_adapter_drop(max_layer=2)
     ran = []
     for idx in (0, 1):
-        module = model.backbone.encoder.layer[idx].output.adapters["a"]
+        module = model.backbone.encoder.layer[idx].output.adapters["a"].adapter_down  # runs on every path
         module.register_forward_hook(lambda m, i, o, idx=idx: ran.append(idx))
     torch.manual_seed(0)
     pattern = []

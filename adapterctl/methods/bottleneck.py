@@ -12,6 +12,8 @@ output, ``x`` the residual stream); with adapters active this becomes:
     post:  out = layer_norm(out + x)           if original_ln_after
 
 A parallel adapter reads ``x`` instead of ``h`` and its output joins ``h`` before the post step.
+A single active pfeiffer or houlsby adapter takes a shortcut with the same result
+(``Bottleneck.fused_step``): fewer passes over the batch keep inference near the bare model's speed.
 """
 
 from __future__ import annotations
@@ -82,15 +84,16 @@ class Bottleneck(nn.Module):
         down.bias.zero_()
         up.bias.zero_()
 
-    def pre_forward(self, h, x, layer_norm, query_before_ln: bool = False):
-        """Returns (adapter input, fusion query, adapter residual); see the module docstring."""
+    def pre_forward(self, h, x, layer_norm, query_before_ln: bool = False, hx=None):
+        """Returns (adapter input, fusion query, adapter residual); see the module docstring.
+        ``hx``: ``h + x`` if the model computed it already."""
         c = self.config
         if c.is_parallel:
             return x, x, x
         query = h if query_before_ln else None
         residual = h if c.residual_before_ln is True else None
         if c.original_ln_before:
-            h = h + x
+            h = h + x if hx is None else hx
             if c.residual_before_ln == "post_add":
                 residual = h
             h = layer_norm(h)
@@ -100,8 +103,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, h, residual):
         """Returns (output, up-projection output); the latter feeds AdapterFusion."""
-        up = self.adapter_up(self.adapter_down(h)) * self.scaling
-        out = self.dropout(up)
+        up = self.adapter_up(self.adapter_down(h))
+        if not (isinstance(self.scaling, float) and self.scaling == 1.0):  # spare a pass over the batch
+            up = up * self.scaling
+        out = self.dropout(up) if self.dropout.p else up
         if self.config.is_parallel:
             return (self.adapter_norm_after(out) if self.config.ln_after else out), up
         if self.config.adapter_residual_before_ln:
@@ -111,6 +116,28 @@ class Bottleneck(nn.Module):
         if not self.config.adapter_residual_before_ln:
             out = out + residual
         return out, up
+
+    @property
+    def fusable(self) -> bool:
+        """Whether ``fused_step`` computes this adapter's site: a sequential adapter whose output
+        joins the sub-layer output ``h`` (pfeiffer, houlsby), unscaled, without dropout now."""
+        c = self.config
+        return (
+            not c.is_parallel and c.residual_before_ln is True and c.original_ln_after and not c.ln_after
+            and not c.adapter_residual_before_ln and isinstance(self.scaling, float) and self.scaling == 1.0
+            and not (self.training and self.dropout.p)
+        )
+
+    def fused_step(self, h, hx, layer_norm):
+        """This adapter alone at its site in fewer passes over the batch. The site's result
+        ``layer_norm(up + h + x)`` is one matmul that adds the up-projection, its bias and the
+        model's ``hx = h + x`` together (the bias rides on a column of ones), then the LayerNorm;
+        equal to pre_forward/forward/post_forward up to float rounding."""
+        down = self.adapter_down(layer_norm(hx) if self.config.original_ln_before else h)
+        down = torch.cat([down, down.new_ones(*down.shape[:-1], 1)], dim=-1)
+        up = torch.cat([self.adapter_up.weight, self.adapter_up.bias[:, None]], dim=1)
+        out = torch.addmm(hx.reshape(-1, hx.shape[-1]), down.reshape(-1, down.shape[-1]), up.t())
+        return layer_norm(out.view_as(hx))
 
     def post_forward(self, out, h_in, x, layer_norm):
         if self.config.is_parallel:
@@ -127,6 +154,7 @@ class State(NamedTuple):
     ln: nn.Module  # the site's transformer LayerNorm
     up: torch.Tensor | None  # the last adapter's up-projection output (for fusion)
     last: str | None  # the last adapter applied: its post_forward closes the site
+    hx: torch.Tensor | None = None  # hidden + x, while hidden is still the sub-layer's output
 
 
 class AdapterLayer(nn.Module):
@@ -164,17 +192,23 @@ class AdapterLayer(nn.Module):
         def capture_h(module, args, output):
             self._h = output[0] if isinstance(output, tuple) else output
 
-        def replace_layer_norm(module, args, output):
+        layer_norm = layer.get_submodule(site.layer_norm)
+        original = layer_norm.forward
+
+        def residual_step(hx):
+            """Takes over the site's ``layer_norm(h + x)``; ``hx`` is the model's ``h + x``."""
             h, x, self._h, self._x = self._h, self._x, None, None
             setup = self.active_setup()
             if setup is None or h is None:
-                return None
-            return self(h, x, module.forward, setup)  # module.forward: the LayerNorm without this hook
+                return original(hx)
+            return self(h, x, hx, original, setup)
 
         residual = layer.get_submodule(site.residual) if site.residual else layer
         residual.register_forward_pre_hook(capture_x, with_kwargs=True)
         layer.get_submodule(site.output).register_forward_hook(capture_h)
-        layer.get_submodule(site.layer_norm).register_forward_hook(replace_layer_norm)
+        # Wrapping the LayerNorm's forward (not a forward hook on it) spares computing a
+        # normalization that the adapters would throw away; its weights and keys stay as they are.
+        layer_norm.forward = residual_step
         self._h = self._x = None
 
     def active_setup(self):
@@ -183,18 +217,20 @@ class AdapterLayer(nn.Module):
             return None
         return setup if any(name in self.adapters for name in setup.flatten()) else None
 
-    def forward(self, h, x, layer_norm, setup):
-        h, x = self._replicate_for_parallel(h, x)
-        state = self.compose(setup, State(h, x, x, layer_norm, None, None), 0)
+    def forward(self, h, x, hx, layer_norm, setup):
+        h, x, hx = self._replicate_for_parallel(h, x, hx)
+        if isinstance(setup, C.Stack) and len(setup) == 1 and isinstance(setup[0], str) and self.adapters[setup[0]].fusable:
+            return self.adapters[setup[0]].fused_step(h, hx, layer_norm)  # the common case: one adapter
+        state = self.compose(setup, State(h, x, x, layer_norm, None, None, hx), 0)
         return self.adapters[state.last].post_forward(state.hidden, h, state.x, layer_norm)
 
-    def _replicate_for_parallel(self, h, x):
+    def _replicate_for_parallel(self, *tensors):
         """A Parallel setup replicates the batch at the first adapter layer; later layers see it
         already replicated, and a skipped lower layer (AdapterDrop) shares its work."""
         channels = self.context.active_setup.parallel_channels
-        if channels > 1 and h.shape[0] == self.context.batch_size:
-            h, x = h.repeat(channels, 1, 1), x.repeat(channels, 1, 1)
-        return h, x
+        if channels > 1 and tensors[0].shape[0] == self.context.batch_size:
+            return tuple(t.repeat(channels, 1, 1) for t in tensors)
+        return tensors
 
     # -- composition ----------------------------------------------------------------------
 
@@ -215,9 +251,9 @@ class AdapterLayer(nn.Module):
         name = name_or_block if isinstance(name_or_block, str) else name_or_block.first()
         adapter = self.adapters[name] if name in self.adapters else None
         if adapter is None:
-            return state, None
-        hidden, query, residual = adapter.pre_forward(state.hidden, state.x, state.ln, query_before_ln)
-        return state._replace(hidden=hidden, residual=residual), query
+            return state._replace(hx=None), None
+        hidden, query, residual = adapter.pre_forward(state.hidden, state.x, state.ln, query_before_ln, state.hx)
+        return state._replace(hidden=hidden, residual=residual, hx=None), query
 
     def _single(self, name: str, state: State) -> State:
         out, up = self.adapters[name](state.hidden, state.residual)
