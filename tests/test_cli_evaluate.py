@@ -24,3 +24,11 @@ def test_exported_adapter_evaluates_to_the_run_metric(tmp_path, monkeypatch, cap
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [line["text"] for line in lines] == ["a gripping funny film", "dull"]
     assert all(line["label"] in ("neg", "pos") for line in lines)
+
+
+def test_predict_text_is_free_text():
+    from adapterctl.run import settings
+
+    assert settings.load("predict", ["text=a gripping, funny film"]).text == "a gripping, funny film"
+    assert settings.load("predict", ["""text=it's "fine", ok"""]).text == """it's "fine", ok"""
+    assert list(settings.load("predict", ['text=["a, b",c]']).text) == ["a, b", "c"]

@@ -46,12 +46,25 @@ def recipes_dir() -> Path:
 # predict names a folder, not an option of conf/adapter/, so it is read as ``adapter_path``.
 PATH_KEYS = {"evaluate": {"adapter": "adapter_path"}, "predict": {"adapter": "adapter_path"}}
 
+# Keys whose value is free text (``text="a gripping, funny film"``): quoted for Hydra, so a comma
+# or an apostrophe is text, not a sweep or a syntax error. A list (``text=[...]``) stays a list.
+FREE_TEXT_KEYS = {"predict": ("text",)}
+
+
+def _quote_free_text(override: str) -> str:
+    key, _, value = override.partition("=")
+    if value.startswith(("[", "'", '"')):
+        return override
+    quote = "'" if "'" not in value else '"'
+    return f"{key}={quote}{value.replace(quote, chr(92) + quote)}{quote}"
+
 
 def load(command: str, overrides: list[str]) -> DictConfig:
     """The composed config of ``command`` (``conf/<command>.yaml``), recipe applied first."""
     overrides = recipe_overrides(overrides) + [o for o in overrides if not o.startswith("recipe=")]
     for key, renamed in PATH_KEYS.get(command, {}).items():
         overrides = [f"{renamed}={o.split('=', 1)[1]}" if o.startswith(f"{key}=") else o for o in overrides]
+    overrides = [_quote_free_text(o) if o.split("=", 1)[0] in FREE_TEXT_KEYS.get(command, ()) else o for o in overrides]
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             cfg = compose(command, overrides=overrides)
