@@ -80,7 +80,7 @@ class AdapterModel(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return self.config.hidden_size if hasattr(self.config, "hidden_size") else self.config.dim
+        return self.config.hidden_size  # DistilBERT's config maps hidden_size to dim
 
     def _repeat_rows_for_parallel(self, layer, args, kwargs):
         """Parallel replicates the hidden states inside some layer; the layers after it still get
@@ -321,7 +321,7 @@ class AdapterModel(nn.Module):
             for _, _, module in self.iter_adapter_modules(name):
                 module.requires_grad_(True)
         if train_head:
-            self._unfreeze_heads(block)
+            self._unfreeze_heads()
         self.train()
 
     def train_fusion(self, setup, train_head: bool = True) -> None:
@@ -337,10 +337,10 @@ class AdapterModel(nn.Module):
                 if name in layer.adapter_fusion_layer:
                     layer.adapter_fusion_layer[name].requires_grad_(True)
         if train_head:
-            self._unfreeze_heads(block)
+            self._unfreeze_heads()
         self.train()
 
-    def _unfreeze_heads(self, block) -> None:
+    def _unfreeze_heads(self) -> None:
         heads = self.active_head if isinstance(self.active_head, list) else [self.active_head]
         for h in heads:
             if h is not None and h in self.heads:
