@@ -35,6 +35,7 @@ class Family:
     layers: str  # path of the ModuleList of transformer layers inside the base model
     sites: dict  # {"mh_adapter": Site, "output_adapter": Site}
     embeddings: str
+    attention: str  # the self-attention core inside a layer; its training flag gates attention-probability dropout
     qkv: tuple[str, str, str]  # query, key, value projections inside a layer (for LoRA-like methods)
     layer_input: tuple[str, int] = ("hidden_states", 0)  # a layer's hidden-states argument: name, position
 
@@ -58,6 +59,7 @@ _BERT_LIKE = Family(
         ),
     },
     embeddings="embeddings",
+    attention="attention.self",
     qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
 )
 
@@ -80,6 +82,7 @@ _DISTILBERT = Family(
         ),
     },
     embeddings="embeddings",
+    attention="attention",
     qkv=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
 )
 

@@ -26,6 +26,8 @@ from .methods import invertible
 from .methods.bottleneck import AdapterLayer, Bottleneck
 from .methods.fusion import FusionConfig, load_fusion_config
 
+BACKBONE_DROPOUT = ("all", "hidden", "none")  # see AdapterModel.train_adapter
+
 
 @dataclass
 class ForwardContext:
@@ -65,6 +67,7 @@ class AdapterModel(nn.Module):
         self.context = ForwardContext()
         self.adapter_drop: AdapterDrop | None = None
         self.active_head: str | list[str] | None = None
+        self.backbone_dropout = "all"  # the frozen backbone's dropout in training; set by train_adapter
         self._layers: dict[tuple[int, str], AdapterLayer] = {}
         for layer in self.backbone.get_submodule(self.family.layers):
             layer.register_forward_pre_hook(self._repeat_rows_for_parallel, with_kwargs=True)
@@ -311,34 +314,63 @@ class AdapterModel(nn.Module):
         for p in self.parameters():
             p.requires_grad = not freeze
 
-    def train_adapter(self, setup, train_head: bool = True) -> None:
+    def train_adapter(self, setup, train_head: bool = True, backbone_dropout: str = "none") -> None:
         """Freeze everything but the named adapter(s) and their head(s), activate them, and
-        switch to training mode."""
+        switch to training mode.
+
+        ``backbone_dropout``: what of the frozen backbone's own dropout stays on in training.
+        ``"none"`` (default) runs the frozen backbone without dropout: a step costs about 30%
+        less (no random masks, and attention runs its fused kernel) and accuracy was as good or
+        better on four task/adapter pairs (bench/backbone_dropout.py). ``"all"`` keeps it as the
+        backbone's config says (AdapterHub's and PEFT's behaviour); ``"hidden"`` keeps hidden-state
+        dropout and turns attention-probability dropout off. Adapter and head dropout are kept.
+        """
+        self._freeze_all_but(setup, self._adapter_modules, train_head, backbone_dropout)
+
+    def train_fusion(self, setup, train_head: bool = True, backbone_dropout: str = "none") -> None:
+        """Freeze everything but the fusion layer(s) of the setup and the head
+        (``backbone_dropout`` as in ``train_adapter``)."""
+        self._freeze_all_but(setup, self._fusion_modules, train_head, backbone_dropout)
+
+    def _freeze_all_but(self, setup, trainable, train_head: bool, backbone_dropout: str) -> None:
+        if backbone_dropout not in BACKBONE_DROPOUT:
+            raise AdapterConfigError(
+                f"backbone_dropout={backbone_dropout!r} is not one of {', '.join(BACKBONE_DROPOUT)}"
+            )
         self.set_active_adapters(setup)
-        block = self.context.active_setup
+        modules = trainable(self.context.active_setup)
         self.freeze_model(True)
-        for name in block.flatten():
-            for _, _, module in self.iter_adapter_modules(name):
-                module.requires_grad_(True)
+        for module in modules:
+            module.requires_grad_(True)
         if train_head:
             self._unfreeze_heads()
+        self.backbone_dropout = backbone_dropout
         self.train()
 
-    def train_fusion(self, setup, train_head: bool = True) -> None:
-        """Freeze everything but the fusion layer(s) of the setup and the head."""
-        self.set_active_adapters(setup)
-        block = self.context.active_setup
+    def _adapter_modules(self, block) -> list[nn.Module]:
+        return [module for name in block.flatten() for _, _, module in self.iter_adapter_modules(name)]
+
+    def _fusion_modules(self, block) -> list[nn.Module]:
         fusions = _fusions_in(block)
         if not fusions:
             raise AdapterConfigError(f"{block!r} has no Fuse block; train_fusion needs one (e.g. [['a', 'b', 'c']])")
-        self.freeze_model(True)
-        for layer in self._layers.values():
-            for name in fusions:
-                if name in layer.adapter_fusion_layer:
-                    layer.adapter_fusion_layer[name].requires_grad_(True)
-        if train_head:
-            self._unfreeze_heads()
-        self.train()
+        return [layer.adapter_fusion_layer[name] for layer in self._layers.values() for name in fusions
+                if name in layer.adapter_fusion_layer]
+
+    def train(self, mode: bool = True) -> "AdapterModel":
+        """``nn.Module.train``, then the frozen backbone's dropout as ``backbone_dropout`` says."""
+        super().train(mode)
+        if mode and self.backbone_dropout != "all":
+            layers = self.backbone.get_submodule(self.family.layers)
+            for layer in layers:  # attention reads its own training flag for probability dropout
+                layer.get_submodule(self.family.attention).training = False
+            if self.backbone_dropout == "none":
+                parts = [*self._layers.values(), getattr(self.backbone, "invertible_adapters", nn.Identity())]
+                ours = {id(m) for part in parts for m in part.modules()}
+                for module in self.backbone.modules():
+                    if isinstance(module, nn.Dropout) and id(module) not in ours:
+                        module.training = False
+        return self
 
     def _unfreeze_heads(self) -> None:
         heads = self.active_head if isinstance(self.active_head, list) else [self.active_head]

@@ -79,6 +79,35 @@ def test_train_adapter_freezes_all_but_adapter_and_head(family):
     assert model.training
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_backbone_dropout_follows_train_adapter(family):
+    """By default the frozen backbone trains without its own dropout (deterministic passes);
+    the adapter's dropout stays, and ``backbone_dropout="all"`` gives the backbone's back."""
+    model = tiny_model(family)
+    model.add_adapter("a", "pfeiffer", dropout=0.5)
+    model.add_adapter("b", "pfeiffer")
+    perturb(model, ".adapters.")
+    inputs = batch()
+
+    def two_passes(name, **kw):
+        model.train_adapter(name, **kw)
+        model.eval().train()  # the mode survives a round trip through eval()
+        return model(**inputs).hidden_states, model(**inputs).hidden_states
+
+    first, second = two_passes("b")
+    assert torch.equal(first, second)
+    first, second = two_passes("a")
+    assert not torch.equal(first, second)  # adapter dropout is untouched
+    first, second = two_passes("b", backbone_dropout="all")
+    assert not torch.equal(first, second)
+    attention = [layer.get_submodule(model.family.attention) for layer in model.backbone.get_submodule(model.family.layers)]
+    assert all(m.training for m in attention)
+    first, second = two_passes("b", backbone_dropout="hidden")
+    assert not torch.equal(first, second) and not any(m.training for m in attention)
+    with pytest.raises(AdapterConfigError, match="backbone_dropout='off' is not one of all, hidden, none"):
+        model.train_adapter("b", backbone_dropout="off")
+
+
 def test_heads_of_every_type_give_shapes_and_losses():
     model = tiny_model()
     model.add_adapter("a", "pfeiffer", set_active=True)

@@ -1,7 +1,7 @@
 """``kill -9`` during training, then ``resume=true``: the same adapter as an uninterrupted run.
 
-The tiny backbone keeps dropout on, so the test also checks that the RNG state travels with
-the checkpoint; the kill lands mid-run, usually between two checkpoints."""
+The tiny backbone keeps its dropout on (trainer.backbone_dropout=all), so the test also checks
+that the RNG state travels with the checkpoint; the kill lands mid-run, usually between two checkpoints."""
 
 import signal
 import time
@@ -20,7 +20,8 @@ def logged_steps(run) -> int:
 
 def test_resume_after_kill_gives_identical_weights(tmp_path):
     tiny = make_tiny_bert(tmp_path / "tiny", dropout=0.1)
-    args = ["train", *quick(tiny, steps=STEPS), "trainer.save_steps=3", "trainer.eval_steps=20", "logger.every=1"]
+    args = ["train", *quick(tiny, steps=STEPS), "trainer.save_steps=3", "trainer.eval_steps=20", "logger.every=1",
+            "trainer.backbone_dropout=all"]
     adapterctl(*args, "output_dir=straight", cwd=tmp_path, timeout=300)
 
     run = tmp_path / "interrupted"

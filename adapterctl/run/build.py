@@ -78,7 +78,7 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     if cfg.adapter.preset == "none":
         model.train()
     else:
-        model.train_adapter(name)
+        model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
         if below:  # MAD-X: the new adapter trains on top of the frozen ones
             model.set_active_adapters(Stack(*below, name))
         if cfg.trainer.adapter_drop.max_layer:

@@ -45,7 +45,7 @@ def run(overrides: list[str]) -> Path:
     fusion = model.add_fusion(names, {k: v for k, v in OmegaConf.to_container(cfg.fusion).items() if k != "lr"})
     model.add_head(fusion, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
     setup = Fuse(*names)
-    model.train_fusion(setup)
+    model.train_fusion(setup, backbone_dropout=cfg.trainer.backbone_dropout)
     if cfg.trainer.gradient_checkpointing:
         model.backbone.gradient_checkpointing_enable()
     task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
