@@ -311,8 +311,11 @@ class AdapterModel(nn.Module):
         return self.context.active_setup
 
     def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every weight; an unfrozen backbone trains with its own dropout."""
         for p in self.parameters():
             p.requires_grad = not freeze
+        if not freeze:
+            self.backbone_dropout = "all"
 
     def train_adapter(self, setup, train_head: bool = True, backbone_dropout: str = "none") -> None:
         """Freeze everything but the named adapter(s) and their head(s), activate them, and

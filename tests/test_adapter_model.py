@@ -104,6 +104,10 @@ def test_backbone_dropout_follows_train_adapter(family):
     assert all(m.training for m in attention)
     first, second = two_passes("b", backbone_dropout="hidden")
     assert not torch.equal(first, second) and not any(m.training for m in attention)
+    model.train_adapter("b")
+    model.freeze_model(False)  # the whole model trains (full fine-tuning): its dropout is back
+    model.train()
+    assert all(m.training for m in attention)
     with pytest.raises(AdapterConfigError, match="backbone_dropout='off' is not one of all, hidden, none"):
         model.train_adapter("b", backbone_dropout="off")
 

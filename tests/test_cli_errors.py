@@ -50,6 +50,13 @@ def test_label_column_missing(capsys, monkeypatch, tmp_path, tiny):
     assert "no column 'stars'" in line and "task.label_column=" in line
 
 
+def test_unknown_backbone_dropout(capsys, monkeypatch, tmp_path, tiny):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(capsys, ["train", *quick(tiny), "trainer.backbone_dropout=off"])
+    assert "backbone_dropout='off' is not one of all, hidden, none" in line
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_label_out_of_range(capsys, monkeypatch, tmp_path, tiny):
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data" / "rotten_tomatoes"
