@@ -24,6 +24,7 @@ commands:
   hub        search, pull and push adapters (adapterctl hub --help)
 
 -m, --multirun   one run per combination of comma-separated values
+adapterctl <command> --help   the command's keys and config groups
 """
 
 # command -> module (with run(args) or main(args)); export, fuse and hub belong to other parts.
@@ -35,6 +36,7 @@ COMMANDS = {
     "fuse": "adapterctl.run.fuse",
     "hub": "adapterctl.hub.cli",
 }
+CONFIGURED = ("train", "evaluate", "predict", "fuse")  # commands composed from conf/<command>.yaml
 SWEEPABLE = ("train", "fuse")  # commands whose runs write a folder with metrics.json
 
 
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"adapterctl: unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'recipes'])}",
                   file=sys.stderr)
             return 2
+        if {"-h", "--help"} & set(args) and command in CONFIGURED:
+            return command_help(command)
         module = _module(command)
         if {"-m", "--multirun"} & set(args):
             if command not in SWEEPABLE:
@@ -67,6 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"adapterctl {command}: interrupted", file=sys.stderr)
         return 130
+
+
+def command_help(command: str) -> int:
+    """``adapterctl <command> --help``: the command's config file, whose comments say what each
+    key does, and the options of each config group."""
+    from .run.settings import conf_dir
+
+    conf = conf_dir()
+    print(f"usage: adapterctl {command} [-m] [key=value ...]   (Hydra overrides; conf: {conf})\n")
+    text = (conf / f"{command}.yaml").read_text()
+    print(text)
+    print("config groups: group=option picks a file, group.key=value changes one key (trainer.lr=1e-3)")
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and f"- {p.name}:" in text):
+        print(f"  {group.name:9s} {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
+    print(f"each option's keys, with comments: {conf}/<group>/<option>.yaml (e.g. trainer/default.yaml)")
+    return 0
 
 
 def _module(command: str):

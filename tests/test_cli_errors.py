@@ -82,3 +82,12 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown task 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command, group", [("train", "adapter"), ("fuse", "fusion")])
+def test_command_help_shows_its_config(capsys, command, group):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: adapterctl {command}") and f"# adapterctl {command}:" in out
+    assert re.search(rf"^  {group} +\S", out, re.M)
+
