@@ -29,6 +29,8 @@ def error_line(capsys, argv) -> str:
     ("adapter=pfeifer", r"unknown adapter 'pfeifer'.*did you mean 'pfeiffer'"),
     ("trainer.lrr=0.1", r"unknown key 'trainer.lrr'.*did you mean 'trainer.lr'"),
     ("adapter.reduction_factr=8", r"did you mean 'adapter.reduction_factor'"),
+    ("trainer.max_steps=abc", r"trainer.max_steps='abc' is not a valid integer; give trainer.max_steps=<integer>"),
+    ("trainer.gradient_checkpointing=maybe", r"trainer.gradient_checkpointing='maybe' is not a valid bool"),
     ("recipe=no_such_recipe", r"no recipe 'no_such_recipe'; choose one of .*rotten_tomatoes_houlsby"),
 ])
 def test_unknown_options_and_keys(capsys, monkeypatch, tmp_path, override, expected):

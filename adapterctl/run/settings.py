@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import AdapterConfigError
+from . import schema  # noqa: F401 - registers the trainer group's types with Hydra
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -138,6 +139,12 @@ def explain(error: Exception, command: str) -> str:
         group, option, options = m.group(1), m.group(2), m.group(3).split()
         return f"unknown {group} {option!r}; choose one of: {', '.join(options)} ({group}=<name>)" + _did_you_mean(
             option, options)
+    cause = f"{error.__cause__}"
+    m = (re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)\s+full_key: (\S+)", cause)
+         or re.search(r"Value '(.*)' is not a valid (\w+) \(type \w+\)\s+full_key: (\S+)", cause))
+    if m:  # a value of the wrong type for a key typed in run/schema.py
+        value, kind, key = m.groups()
+        return f"{key}={value!r} is not a valid {kind.lower()}; give {key}=<{kind.lower()}> (see conf/{key.split('.')[0]}/)"
     m = re.search(r"Could not override '([^']+)'.\s*To append", text) or re.search(r"Key '([^']+)' is not in struct", text)
     if m:
         key = m.group(1)
