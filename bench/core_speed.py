@@ -121,7 +121,10 @@ def fresh_processes(args, argv: list[str]) -> tuple[list[float], list[float]]:
     child = [sys.executable, __file__, *argv, "--runs", "1", "--json"]  # the last --runs wins
     infer, train = [], []
     for i in range(args.runs):
-        result = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        done = subprocess.run(child, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"run {i + 1} failed:\n{done.stderr[-2000:]}")
+        result = json.loads(done.stdout.splitlines()[-1])
         infer.append(result["inference"])
         train.append(result["train"])
         print(f"run {i + 1}: inference {infer[-1]:.3f}x, training step {train[-1]:.3f}x", flush=True)
