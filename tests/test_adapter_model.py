@@ -186,8 +186,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 @pytest.mark.parametrize("preset", ["pfeiffer", "houlsby"])
 def test_fused_single_adapter_step_equals_the_general_path(monkeypatch, family, preset):
-    """One active adapter takes a shortcut (fewer passes over the batch); it must compute the
-    same outputs and gradients as pre_forward/forward/post_forward."""
+    """One active adapter takes a shortcut (fewer passes over the batch, in place without
+    autograd); it must compute the same outputs and gradients as pre_forward/forward/post_forward."""
     from adapterctl.methods.bottleneck import Bottleneck
 
     def run():
@@ -197,12 +197,15 @@ def test_fused_single_adapter_step_equals_the_general_path(monkeypatch, family, 
         perturb(model, ".a.")
         model.train_adapter("a")
         model.eval()  # dropout off, so both paths compute the same function
+        with torch.no_grad():
+            inferred = model(**batch()).logits
         out = model(**batch(), labels=torch.tensor([0, 1, 1]))
         out.loss.backward()
-        return out.logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        return inferred, out.logits, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
-    fused_logits, fused_grads = run()
+    fused_inferred, fused_logits, fused_grads = run()
     monkeypatch.setattr(Bottleneck, "fusable", property(lambda self: False))
-    general_logits, general_grads = run()
+    _, general_logits, general_grads = run()
     assert (fused_logits - general_logits).abs().max() <= 1e-6
+    assert (fused_inferred - general_logits).abs().max() <= 1e-6
     assert all(torch.allclose(fused_grads[n], general_grads[n], atol=1e-6) for n in general_grads)

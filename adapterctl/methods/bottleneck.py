@@ -132,11 +132,14 @@ class Bottleneck(nn.Module):
         """This adapter alone at its site in fewer passes over the batch. The site's result
         ``layer_norm(up + h + x)`` is one matmul that adds the up-projection, its bias and the
         model's ``hx = h + x`` together (the bias rides on a column of ones), then the LayerNorm;
-        equal to pre_forward/forward/post_forward up to float rounding."""
+        equal to pre_forward/forward/post_forward up to float rounding. Without autograd the
+        matmul adds into ``hx`` in place: it is the model's own temporary, and copying it first
+        would cost one more pass over the batch."""
         down = self.adapter_down(layer_norm(hx) if self.config.original_ln_before else h)
-        down = torch.cat([down, down.new_ones(*down.shape[:-1], 1)], dim=-1)
-        up = torch.cat([self.adapter_up.weight, self.adapter_up.bias[:, None]], dim=1)
-        out = torch.addmm(hx.reshape(-1, hx.shape[-1]), down.reshape(-1, down.shape[-1]), up.t())
+        down = torch.cat([down, down.new_ones(*down.shape[:-1], 1)], dim=-1).reshape(-1, down.shape[-1] + 1)
+        up = torch.cat([self.adapter_up.weight, self.adapter_up.bias[:, None]], dim=1).t()
+        flat = hx.reshape(-1, hx.shape[-1])
+        out = torch.addmm(flat, down, up) if torch.is_grad_enabled() else flat.addmm_(down, up)
         return layer_norm(out.view_as(hx))
 
     def post_forward(self, out, h_in, x, layer_norm):
