@@ -69,8 +69,13 @@ class AdapterModel(nn.Module):
         self.active_head: str | list[str] | None = None
         self.backbone_dropout = "all"  # the frozen backbone's dropout in training; set by train_adapter
         self._layers: dict[tuple[int, str], AdapterLayer] = {}
-        for layer in self.backbone.get_submodule(self.family.layers):
+        layers = self.backbone.get_submodule(self.family.layers)
+        for layer in layers:
             layer.register_forward_pre_hook(self._repeat_rows_for_parallel, with_kwargs=True)
+        # What ``backbone_dropout`` switches off, listed before any adapter module joins the
+        # backbone: ``train()`` runs before every pass in a loop that evaluates as it goes.
+        self._backbone_attention = [layer.get_submodule(self.family.attention) for layer in layers]
+        self._backbone_dropouts = [m for m in backbone.modules() if isinstance(m, nn.Dropout)]
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "AdapterModel":
@@ -364,15 +369,11 @@ class AdapterModel(nn.Module):
         """``nn.Module.train``, then the frozen backbone's dropout as ``backbone_dropout`` says."""
         super().train(mode)
         if mode and self.backbone_dropout != "all":
-            layers = self.backbone.get_submodule(self.family.layers)
-            for layer in layers:  # attention reads its own training flag for probability dropout
-                layer.get_submodule(self.family.attention).training = False
+            for attention in self._backbone_attention:  # it reads its own flag for probability dropout
+                attention.training = False
             if self.backbone_dropout == "none":
-                parts = [*self._layers.values(), getattr(self.backbone, "invertible_adapters", nn.Identity())]
-                ours = {id(m) for part in parts for m in part.modules()}
-                for module in self.backbone.modules():
-                    if isinstance(module, nn.Dropout) and id(module) not in ours:
-                        module.training = False
+                for dropout in self._backbone_dropouts:
+                    dropout.training = False
         return self
 
     def _unfreeze_heads(self) -> None:
