@@ -104,7 +104,8 @@ def _select(model: "AdapterModel", pattern: str) -> dict:
     return {k: v for k, v in model.state_dict().items() if rx.search(k)}
 
 
-def _write_head(model: "AdapterModel", folder: Path, name: str) -> None:
+def write_head(model: "AdapterModel", folder: Path, name: str) -> None:
+    """The head ``name`` into ``folder`` (a fully fine-tuned model's folder keeps it too)."""
     head = model.heads[name]
     tensors = {k: v for k, v in model.state_dict().items() if k.startswith(f"heads.{name}.")}
     _write(folder, HEAD_CONFIG, envelope(model, name, head.config), HEAD_WEIGHTS[0], tensors)
@@ -123,7 +124,7 @@ def save_adapter(model: "AdapterModel", directory: Path, name: str, with_head: b
             env["adapterctl"] = metadata
         _write(tmp, ADAPTER_CONFIG, env, ADAPTER_WEIGHTS[0], _select(model, _adapter_keys(name)))
         if with_head and name in model.heads:
-            _write_head(model, tmp, name)
+            write_head(model, tmp, name)
     return Path(directory)
 
 
@@ -134,7 +135,7 @@ def save_fusion(model: "AdapterModel", directory: Path, name: str, with_head: bo
         _write(tmp, FUSION_CONFIG, env, FUSION_WEIGHTS[0],
                _select(model, rf"\.adapter_fusion_layer\.{re.escape(name)}\."))
         if with_head and name in model.heads:
-            _write_head(model, tmp, name)
+            write_head(model, tmp, name)
     return Path(directory)
 
 
@@ -289,7 +290,7 @@ def load_adapter(model: "AdapterModel", source, load_as=None, with_head=True, la
         expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if rx.search(k)}
         _assign(model, tensors, expected, path)
         if head_env is not None:
-            _load_head(model, path, head_env, old, name, overwrite_ok)
+            load_head(model, path, head_env, old, name, overwrite_ok)
     except BaseException:
         model.delete_adapter(name)
         raise
@@ -308,7 +309,8 @@ def check_labels(head_env: dict, labels, path: Path) -> None:
         )
 
 
-def _load_head(model: "AdapterModel", path: Path, env: dict, old: str, name: str, overwrite_ok: bool) -> None:
+def load_head(model: "AdapterModel", path: Path, env: dict, old: str, name: str, overwrite_ok: bool) -> None:
+    """The head saved as ``old`` in ``path`` (``env``: its head_config.json), added as ``name``."""
     config = dict(env["config"])
     head_type = config.pop("head_type")
     label2id = config.pop("label2id", None)
@@ -338,7 +340,7 @@ def load_fusion(model: "AdapterModel", path: Path, load_as=None, with_head=True,
         expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if f".adapter_fusion_layer.{name}." in k}
         _assign(model, tensors, expected, path)
         if with_head and (path / HEAD_CONFIG).exists():
-            _load_head(model, path, read_json(path / HEAD_CONFIG), old, name, overwrite_ok)
+            load_head(model, path, read_json(path / HEAD_CONFIG), old, name, overwrite_ok)
     except BaseException:
         model.delete_fusion(name)
         raise

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModel, BertConfig
 
 from adapterctl import AdapterConfigError, AdapterModel, AdapterNotFoundError, UnsupportedModelError
+from adapterctl.run.build import checkpoint_activations
 from conftest import FAMILIES, batch, perturb, tiny_backbone, tiny_model
 
 PRESETS = ["pfeiffer", "houlsby", "parallel"]
@@ -174,7 +175,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         if checkpointing:
-            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_activations(model)  # what trainer.gradient_checkpointing=true runs
         model(**batch(), labels=torch.tensor([0, 1, 1])).loss.backward()
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 

@@ -84,8 +84,15 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
         if cfg.trainer.adapter_drop.max_layer:
             model.set_adapter_drop(cfg.trainer.adapter_drop.max_layer, cfg.trainer.adapter_drop.p)
     if cfg.trainer.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable()
+        checkpoint_activations(model)
     return model, tokenizer
+
+
+def checkpoint_activations(model: AdapterModel) -> None:
+    """``trainer.gradient_checkpointing``: each layer's activations are recomputed in the backward
+    pass instead of kept. transformers 5 renamed the switch; the old name warns until v6."""
+    backbone = model.backbone
+    getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)()
 
 
 def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
@@ -120,7 +127,7 @@ def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> 
     with serialization.atomic_dir(folder) as tmp:
         model.backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        serialization._write_head(model, tmp, name)
+        serialization.write_head(model, tmp, name)
 
 
 def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None, below=()):
@@ -131,7 +138,7 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
         env = serialization.read_json(full_model_dir / serialization.HEAD_CONFIG)
         serialization.check_labels(env, labels, full_model_dir)
         name = env["name"]
-        serialization._load_head(model, full_model_dir, env, name, name, overwrite_ok=False)
+        serialization.load_head(model, full_model_dir, env, name, name, overwrite_ok=False)
     else:
         model, tokenizer = load_backbone(backbone)
         name = model.load_adapter(str(adapter_dir), labels=labels, set_active=True)

@@ -47,7 +47,7 @@ def run(overrides: list[str]) -> Path:
     setup = Fuse(*names)
     model.train_fusion(setup, backbone_dropout=cfg.trainer.backbone_dropout)
     if cfg.trainer.gradient_checkpointing:
-        model.backbone.gradient_checkpointing_enable()
+        build.checkpoint_activations(model)
     task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
     root = data_root(cfg.data_root)
     train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
