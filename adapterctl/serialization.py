@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import load_config
-from .errors import AdapterConfigError, CorruptFileError, IncompatibleAdapterError
+from .errors import AdapterConfigError, AdapterError, CorruptFileError, IncompatibleAdapterError
 from .methods.fusion import load_fusion_config
 
 if TYPE_CHECKING:
@@ -284,6 +284,16 @@ def load_adapter(model: "AdapterModel", source, load_as=None, with_head=True, la
         head_env = read_json(path / HEAD_CONFIG)
         check_backbone(model, head_env, path)
         check_labels(head_env, labels, path)
+    if overwrite_ok and (name in model.adapters_config or name in model.heads):
+        # Replacing drops the old adapter (and the fusions over it): prove the folder loads first.
+        scratch = f"{name}-check"
+        try:
+            load_adapter(model, path, load_as=scratch, with_head=head_env is not None)
+        except AdapterError as error:  # its keys named as the adapter's own
+            raise type(error)(str(error).replace(f".{scratch}.", f".{name}.")) from None
+        model.delete_adapter(scratch)
+        if scratch in model.heads:
+            model.delete_head(scratch)
     model.add_adapter(name, config, overwrite_ok=overwrite_ok)
     try:
         rx = re.compile(_adapter_keys(name))

@@ -129,6 +129,27 @@ def test_weights_that_do_not_match_the_config_are_refused(saved):
     assert not fresh.has_adapter("a")
 
 
+def test_a_failed_overwrite_keeps_the_adapter_and_head_it_would_replace(saved):
+    from safetensors.torch import load_file
+    model = trained("pfeiffer", "classification")
+    model.add_fusion(["a"])
+    before = logits(model)
+    tensors = load_file(saved / "adapter.safetensors")
+    key = next(k for k in tensors if k.endswith("adapter_up.weight"))
+    tensors[key] = tensors[key][:, :-1].contiguous()  # a shape the config does not give
+    save_file(tensors, saved / "adapter.safetensors")
+    with pytest.raises(IncompatibleAdapterError, match=r"\.adapters\.a\.adapter_up\.weight has shape \(32, 1\)"):
+        model.load_adapter(saved, overwrite_ok=True)
+    assert torch.equal(logits(model), before)
+    assert model.has_adapter("a") and "a" in model.heads and model.active_head == "a"
+    assert list(model.adapters_config) == ["a"] and list(model.fusions_config) == ["a"]
+    model.save_adapter(saved.parent / "good", "a")
+    assert model.load_adapter(saved.parent / "good", overwrite_ok=True) == "a"  # a sound folder replaces it
+    assert list(model.adapters_config) == ["a"] and list(model.heads) == ["a"]
+    model.set_active_adapters("a")
+    assert torch.equal(logits(model), before)
+
+
 def test_another_family_or_hidden_size_is_refused(saved):
     with pytest.raises(IncompatibleAdapterError, match="trained for a bert model, but this model is roberta"):
         tiny_model("roberta").load_adapter(saved)
