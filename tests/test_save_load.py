@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from adapterctl import AdapterConfigError, AdapterModel, CorruptFileError, IncompatibleAdapterError
 from conftest import batch, perturb, tiny_backbone, tiny_model
@@ -66,7 +66,6 @@ def test_file_format_is_adapterhubs(tmp_path):
     env = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert set(env) == {"config", "hidden_size", "model_class", "model_name", "model_type", "name", "version"}
     assert (env["model_class"], env["model_type"], env["name"], env["hidden_size"]) == ("BertAdapterModel", "bert", "a", 32)
-    from safetensors.torch import load_file
     keys = set(load_file(tmp_path / "a" / "adapter.safetensors"))
     assert "bert.encoder.layer.1.output.adapters.a.adapter_down.0.weight" in keys
     assert "bert.encoder.layer.1.output.adapters.a.adapter_up.weight" in keys
@@ -119,7 +118,6 @@ def test_missing_weights_file_is_refused(saved):
 
 
 def test_weights_that_do_not_match_the_config_are_refused(saved):
-    from safetensors.torch import load_file
     tensors = load_file(saved / "adapter.safetensors")
     tensors.pop(next(iter(tensors)))
     save_file(tensors, saved / "adapter.safetensors")
@@ -130,7 +128,6 @@ def test_weights_that_do_not_match_the_config_are_refused(saved):
 
 
 def test_a_failed_overwrite_keeps_the_adapter_and_head_it_would_replace(saved):
-    from safetensors.torch import load_file
     model = trained("pfeiffer", "classification")
     model.add_fusion(["a"])
     before = logits(model)
@@ -176,7 +173,6 @@ def test_duplicate_name_on_load_is_refused(saved):
 
 
 def test_legacy_bin_is_read_as_tensors_only(saved, tmp_path):
-    from safetensors.torch import load_file
     tensors = load_file(saved / "adapter.safetensors")
     (saved / "adapter.safetensors").unlink()
     torch.save(tensors, saved / "pytorch_adapter.bin")
