@@ -1,22 +1,34 @@
-"""adapterctl: train, compose and share adapters for transformer models."""
+"""adapterctl: train, compose and share adapters for transformer models.
+
+Names are imported on first use (PEP 562), so ``import adapterctl`` and the CLI's ``--help``,
+``recipes`` and config errors answer without loading torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .composition import Average, BatchSplit, Fuse, Parallel, Split, Stack  # noqa: E402
-from .config import BnConfig, config_hash, load_config  # noqa: E402
-from .errors import (  # noqa: E402
-    AdapterConfigError,
-    AdapterError,
-    AdapterNotFoundError,
-    CorruptFileError,
-    IncompatibleAdapterError,
-    UnsupportedModelError,
-)
-from .model import AdapterModel  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "AdapterModel": ".model",
+    "BnConfig": ".config", "load_config": ".config", "config_hash": ".config",
+    "Stack": ".composition", "Fuse": ".composition", "Split": ".composition",
+    "BatchSplit": ".composition", "Parallel": ".composition", "Average": ".composition",
+    "AdapterError": ".errors", "AdapterConfigError": ".errors", "AdapterNotFoundError": ".errors",
+    "CorruptFileError": ".errors", "IncompatibleAdapterError": ".errors", "UnsupportedModelError": ".errors",
+}
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "AdapterModel", "BnConfig", "load_config", "config_hash",
-    "Stack", "Fuse", "Split", "BatchSplit", "Parallel", "Average",
-    "AdapterError", "AdapterConfigError", "AdapterNotFoundError", "CorruptFileError",
-    "IncompatibleAdapterError", "UnsupportedModelError",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'adapterctl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -69,7 +69,7 @@ class Cache:
 
         The first complete install wins: a later one (another training process loading the same
         adapter, say) finds ``target`` there and uses it, never swapping it under a reader, which
-        is why this is a plain rename and not ``serialization.atomic_dir`` (that one replaces).
+        is why this is a plain rename and not ``io.atomic_dir`` (that one replaces).
         """
         if (target / ADAPTER_CONFIG).is_file():
             return target

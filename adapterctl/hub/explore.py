@@ -11,7 +11,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from ..serialization import atomic_write_text
+from ..io import atomic_write_text
 
 PAGE = "explore.html"
 FILTERS = {"task": "Task", "backbone": "Backbone", "architecture": "Architecture"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import config_hash, load_config
-from ..serialization import atomic_write_text
+from ..io import atomic_write_text
 from .card import card_id, read_card
 from .errors import AmbiguousAdapterError, CardError, UnknownAdapterError
 from .explore import write_explore

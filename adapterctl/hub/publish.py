@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..serialization import atomic_write_text
+from ..io import atomic_write_text
 from . import index
 from .cache import verify_file
 from .card import card_id, card_slug, dump_card, read_card, validate_card

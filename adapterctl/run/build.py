@@ -14,6 +14,7 @@ from transformers.utils import logging as hf_logging
 from .. import serialization
 from ..composition import Parallel, Stack
 from ..errors import AdapterConfigError, AdapterError
+from ..io import atomic_dir
 from ..model import AdapterModel
 
 FULL_MODEL_DIR = "model"  # full fine-tuning saves the whole backbone + head here, not an adapter
@@ -124,7 +125,7 @@ def load_below(model: AdapterModel, sources) -> list[str]:
 
 def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> None:
     """Full fine-tuning's result: the backbone (transformers format) and the head beside it."""
-    with serialization.atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         model.backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         serialization.write_head(model, tmp, name)

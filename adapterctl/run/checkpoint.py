@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..serialization import atomic_dir
+from ..io import atomic_dir
 
 STATE = "state.pt"
 WEIGHTS = "weights.pt"

@@ -15,7 +15,8 @@ from ..errors import AdapterConfigError
 from ..hub.cache import file_digest
 from ..hub.card import architecture, dump_card, validate_card
 from ..hub.pack import pack
-from ..serialization import ADAPTER_CONFIG, atomic_dir, read_json
+from ..io import atomic_dir
+from ..serialization import ADAPTER_CONFIG, read_json
 from . import folders
 
 CARD = "card.yaml"

@@ -16,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from ..errors import AdapterConfigError
-from ..serialization import atomic_write_text
+from ..io import atomic_write_text
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
