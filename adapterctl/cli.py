@@ -35,6 +35,7 @@ COMMANDS = {
     "export": "adapterctl.run.export",
     "fuse": "adapterctl.run.fuse",
     "hub": "adapterctl.hub.cli",
+    "serve": "adapterctl.serve.cli",
 }
 CONFIGURED = ("train", "evaluate", "predict", "fuse")  # commands composed from conf/<command>.yaml
 SWEEPABLE = ("train", "fuse")  # commands whose runs write a folder with metrics.json

@@ -1,0 +1,223 @@
+"""The model side of the server: one backbone, many adapters (each with its head), and the mixed
+batch that answers rows for different adapters together.
+
+Only the batcher's one worker thread calls ``predict``, ``load`` and ``unload``, so the model is
+never changed while a batch runs. ``encode`` (tokenizing, limits) runs on the event loop and
+``locate`` (finding and downloading an adapter) on a helper thread: neither touches the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import serialization
+from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError, IncompatibleAdapterError
+from ..model import AdapterModel
+from ..run.build import adapter_source
+from ..run.predict import _label as classification_prediction
+from .errors import AdapterNameTakenError, RequestTooLargeError, UnservableAdapterError
+
+# head type -> what /v1/predict returns for it (see ``prediction``)
+PREDICT_HEADS = ("classification", "multilabel_classification", "tagging")
+
+
+@dataclass
+class Row:
+    """One text (or text pair) for one adapter, tokenized."""
+
+    adapter: str
+    input_ids: list[int]
+    token_type_ids: list[int] | None
+    special: list[int]  # 1 where the tokenizer added a special token ([CLS], [SEP], ...)
+
+
+@dataclass
+class LoadedAdapter:
+    name: str
+    source: str
+    head: str
+    labels: list[str] | None
+    method: str
+    params: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def pad(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
+    """The rows as one right-padded batch with its attention mask."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r.input_ids)] = torch.tensor(r.input_ids)
+        mask[i, :len(r.input_ids)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if rows[0].token_type_ids is not None:
+        types = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            types[i, :len(r.token_type_ids)] = torch.tensor(r.token_type_ids)
+        batch["token_type_ids"] = types
+    return batch
+
+
+def mixed_logits(model: AdapterModel, rows: list[Row], pad_id: int) -> list[torch.Tensor]:
+    """Each row's logits from its own adapter and head (token-level logits cut to the row's
+    length): the one place where a mixed batch runs. Until the core runs an adapter per row
+    (issue 16, phase B), the rows are grouped by adapter, one pass per group."""
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.adapter, []).append(i)
+    for name, members in groups.items():
+        model.set_active_adapters(name)
+        logits = model(**pad([rows[i] for i in members], pad_id), head=name).logits
+        for j, i in enumerate(members):
+            out[i] = logits[j, :len(rows[i].input_ids)] if logits.dim() == 3 else logits[j]
+    return out
+
+
+def prediction(head, logits: torch.Tensor, tokens: list[str] | None = None, special: list[int] | None = None) -> dict:
+    """What /v1/predict returns for one row: a label and scores (classification; one score for
+    regression), the labels over 0.5 (multilabel), or a label per token (tagging)."""
+    kind = head.config["head_type"]
+    names = head.id2label or {}
+    if kind == "classification":
+        return classification_prediction(logits, head.id2label)
+    if kind == "multilabel_classification":
+        probs = logits.sigmoid().tolist()
+        scores = {names.get(i, str(i)): p for i, p in enumerate(probs)}
+        return {"labels": [label for label, p in scores.items() if p >= 0.5], "scores": scores}
+    keep = [i for i, s in enumerate(special) if not s]
+    best = logits.argmax(-1).tolist()
+    return {"tokens": [tokens[i] for i in keep], "labels": [names.get(best[i], str(best[i])) for i in keep]}
+
+
+class Engine:
+    """The served model: adapters by name, the limits on inputs, and the mixed batch."""
+
+    def __init__(self, model: AdapterModel, tokenizer, max_length: int = 512, max_texts: int = 256):
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if positions and max_length > positions:
+            raise AdapterError(f"max_length={max_length} is over the backbone's {positions} positions; "
+                               f"set max_length={positions} or less")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_texts = max_texts
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.adapters: dict[str, LoadedAdapter] = {}
+
+    @property
+    def backbone(self) -> dict:
+        return {"model_type": self.model.config.model_type, "hidden_size": self.model.hidden_size,
+                "name": self.model.model_name}
+
+    def require(self, name: str, endpoint: str = "predict") -> LoadedAdapter:
+        if name not in self.adapters:
+            raise AdapterNotFoundError(f"no adapter {name!r} is loaded (loaded: {', '.join(self.adapters) or 'none'}); "
+                                       "load it with POST /v1/adapters")
+        return self.adapters[name]
+
+    # -- on the event loop ----------------------------------------------------------------
+
+    def encode(self, adapter: str, texts: list[str], pairs: list[str] | None = None) -> list[Row]:
+        """Rows for ``texts`` (and their ``pairs``); a text over ``max_length`` tokens is refused,
+        not cut: a truncated text would get another answer without saying so."""
+        self.require(adapter)
+        if len(texts) > self.max_texts:
+            raise RequestTooLargeError(f"{len(texts)} texts in one request; send at most {self.max_texts} "
+                                       "(the server's max_texts) per request")
+        if pairs is not None and len(pairs) != len(texts):
+            raise AdapterConfigError(f"{len(texts)} texts but {len(pairs)} text_pair entries; "
+                                     "give one pair per text")
+        enc = self.tokenizer(texts, pairs, truncation=False, return_special_tokens_mask=True)
+        rows = []
+        for i, ids in enumerate(enc["input_ids"]):
+            if len(ids) > self.max_length:
+                raise RequestTooLargeError(f"text {i} is {len(ids)} tokens long, over the limit of {self.max_length}; "
+                                           "shorten it (the server's max_length sets the limit)")
+            types = enc["token_type_ids"][i] if "token_type_ids" in enc else None
+            rows.append(Row(adapter, ids, types, enc["special_tokens_mask"][i]))
+        return rows
+
+    # -- on a helper thread ---------------------------------------------------------------
+
+    def locate(self, spec: str, **want) -> Path:
+        """The folder of an adapter named by a folder (adapter, run or exported) or a Hub id,
+        downloaded and verified as ``adapterctl hub pull`` does. An id the hubs hold only for
+        other backbones is an ``IncompatibleAdapterError``."""
+        from .. import hub
+        from ..hub import AmbiguousAdapterError, UnknownAdapterError
+
+        source = adapter_source(spec)
+        if isinstance(source, Path):
+            return source
+        try:
+            return hub.resolve(source, model=self.model, **want)
+        except UnknownAdapterError:
+            try:
+                hub.find(source, **want)
+            except UnknownAdapterError:
+                raise
+            except AmbiguousAdapterError:
+                pass
+            raise IncompatibleAdapterError(
+                f"{source} is in the hubs, but not for this server's backbone ({self.model.config.model_type}, "
+                f"hidden size {self.model.hidden_size}); serve it on the backbone it was trained for") from None
+
+    # -- on the model's thread ------------------------------------------------------------
+
+    def load(self, path: Path, name: str | None = None, source: str | None = None) -> LoadedAdapter:
+        """Load an adapter folder with its head; the head must be one ``/v1/predict`` answers with."""
+        path = Path(path)
+        saved = serialization.read_json(path / serialization.ADAPTER_CONFIG)
+        name = name or saved.get("name") or path.name
+        if name in self.adapters:
+            raise AdapterNameTakenError(f"an adapter named {name!r} is already loaded; give another name or unload it "
+                                        f"first (DELETE /v1/adapters/{name})")
+        if not (path / serialization.HEAD_CONFIG).is_file():
+            raise UnservableAdapterError(f"{path} has no prediction head ({serialization.HEAD_CONFIG}); the server "
+                                         "answers with an adapter's head: save the adapter with its head")
+        head_type = serialization.read_json(path / serialization.HEAD_CONFIG).get("config", {}).get("head_type")
+        if head_type not in PREDICT_HEADS:
+            raise UnservableAdapterError(f"{path} has a {head_type} head; the server answers with "
+                                         f"{', '.join(PREDICT_HEADS)} heads")
+        serialization.check_backbone(self.model, saved, path)
+        self.model.load_adapter(path, load_as=name)
+        head = self.model.heads[name]
+        summary = next(r for r in self.model.adapter_summary(as_dict=True) if r["name"] == name)
+        labels = [head.id2label[i] for i in sorted(head.id2label)] if head.id2label else None
+        self.adapters[name] = LoadedAdapter(name, str(source or path), head_type, labels, summary["method"],
+                                            summary["params"])
+        return self.adapters[name]
+
+    def unload(self, name: str) -> None:
+        self.require(name)
+        self.model.delete_adapter(name)
+        if name in self.model.heads:
+            self.model.delete_head(name)
+        del self.adapters[name]
+
+    @torch.inference_mode()
+    def predict(self, rows: list[Row]) -> list[dict | AdapterError]:
+        """One mixed batch: a prediction per row, or the error of a row whose adapter was
+        unloaded after the row was queued."""
+        results: list[dict | AdapterError] = [None] * len(rows)
+        live = []
+        for i, row in enumerate(rows):
+            try:
+                self.require(row.adapter)
+                live.append(i)
+            except AdapterNotFoundError as e:
+                results[i] = e
+        if live:
+            logits = mixed_logits(self.model, [rows[i] for i in live], self.pad_id)
+            for i, row_logits in zip(live, logits):
+                row, head = rows[i], self.model.heads[rows[i].adapter]
+                tokens = self.tokenizer.convert_ids_to_tokens(row.input_ids) if row_logits.dim() == 2 else None
+                results[i] = {"adapter": row.adapter, **prediction(head, row_logits, tokens, row.special)}
+        return results
