@@ -282,3 +282,33 @@ def test_rows_that_arrive_together_run_as_one_batch_up_to_max_batch(setup):
     rows, results = asyncio.run(main())
     assert sizes == [3, 3, 2]
     assert [r["adapter"] for r in results] == [row.adapter for row in rows]
+
+
+def test_adapters_load_by_hub_id_verified_as_hub_pull(setup, tmp_path, monkeypatch):
+    from hub_support import make_run
+
+    from adapterctl.hub.publish import publish
+    from adapterctl.run.export import export_run
+
+    backbone = setup[0]
+    for name, family, task in [("rt", "bert", "rotten_tomatoes"), ("sst", "roberta", "sst2"), ("bad", "bert", "mrpc")]:
+        run, _ = make_run(tmp_path / "runs" / name, name=name, family=family, task=task)
+        publish(export_run(run, tmp_path / "exports" / name, org="me"), tmp_path / "hub")
+    [archive] = (tmp_path / "hub").rglob("*_mrpc_*.zip")
+    archive.write_bytes(archive.read_bytes()[:-40] + bytes(40))  # tampered: its sha256 no longer matches
+    monkeypatch.setenv("ADAPTERCTL_HUB", str(tmp_path / "hub"))
+    monkeypatch.setenv("ADAPTERCTL_CACHE", str(tmp_path / "cache"))
+    with Server(create_app(engine_for(setup, names=()))) as s:
+        r = httpx.post(f"{s.url}/v1/adapters", json={"source": "rotten_tomatoes@me"}, timeout=30)
+        assert r.status_code == 201, r.text
+        assert r.json()["name"] == "rt" and r.json()["source"] == "rotten_tomatoes@me"
+        got = predict(s.url, "rt", TEXTS[0]).json()["predictions"][0]
+        [folder] = (tmp_path / "cache").rglob("adapter_config.json")
+        probs = reference(backbone, folder.parent, "rt", TEXTS[0]).softmax(-1)
+        assert got["scores"] == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-5)
+        for source, status, says in [("sst2@me", 409, "in the hubs, but not for this server's backbone (bert"),
+                                     ("qqp@me", 404, "no adapter qqp@me in the configured hubs"),
+                                     ("mrpc@me", 422, "sha256")]:
+            r = httpx.post(f"{s.url}/v1/adapters", json={"source": source}, timeout=30)
+            assert r.status_code == status and says in r.json()["error"]["message"], r.text
+        assert [a["name"] for a in httpx.get(f"{s.url}/v1/adapters").json()["adapters"]] == ["rt"]
