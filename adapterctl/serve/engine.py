@@ -186,7 +186,6 @@ class Engine:
         if head_type not in PREDICT_HEADS:
             raise UnservableAdapterError(f"{path} has a {head_type} head; the server answers with "
                                          f"{', '.join(PREDICT_HEADS)} heads")
-        serialization.check_backbone(self.model, saved, path)
         self.model.load_adapter(path, load_as=name)
         head = self.model.heads[name]
         summary = next(r for r in self.model.adapter_summary(as_dict=True) if r["name"] == name)
