@@ -29,3 +29,7 @@ class CorruptFileError(AdapterError, ValueError):
 
 class UnsupportedModelError(AdapterError, ValueError):
     """A backbone whose family has no entry in ``architectures``."""
+
+
+class FolderBusyError(AdapterError, TimeoutError):
+    """A shared folder (a hub) that another process kept locked for longer than the wait allows."""
