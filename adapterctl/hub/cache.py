@@ -1,8 +1,9 @@
 """The download cache: every adapter in it arrived whole and verified, or is not there at all.
 
 Downloads go to a temporary folder inside the cache, are checked against the card's size and
-sha256, unpacked there, and only then renamed into place in one step. Any failure, Ctrl-C included, removes the temporary folder, so
-no half-written file is ever left for a later load to trust.
+sha256, unpacked there (``pack.unpack`` checks every entry and the total size first), and only
+then renamed into place in one step. Any failure, Ctrl-C included, removes the temporary
+folder, so no half-written file is ever left for a later load to trust.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import CorruptFileError
-from ..serialization import ADAPTER_CONFIG
-from .pack import unpack
+from ..io import temp_dir
+from .pack import CONFIG_FILES, Limits, unpack
 
 
 def default_root() -> Path:
@@ -57,8 +57,7 @@ class Cache:
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
         """A temporary folder on the cache's file system, removed whatever happens."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.root))
+        tmp = temp_dir(self.root / "download")  # .download.tmp-*
         try:
             yield tmp
         finally:
@@ -71,27 +70,32 @@ class Cache:
         adapter, say) finds ``target`` there and uses it, never swapping it under a reader, which
         is why this is a plain rename and not ``io.atomic_dir`` (that one replaces).
         """
-        if (target / ADAPTER_CONFIG).is_file():
+        if _loadable(target):
             return target
         with self.scratch() as tmp:
             fill(tmp)
-            if not (tmp / ADAPTER_CONFIG).is_file():
-                raise CorruptFileError(f"{target.name}: the download holds no {ADAPTER_CONFIG}; it is not an adapter")
+            if not _loadable(tmp):
+                raise CorruptFileError(f"{target.name}: the download holds none of {', '.join(CONFIG_FILES)}; "
+                                       "it is not an adapter")
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(tmp, target)
             except OSError:
-                if not (target / ADAPTER_CONFIG).is_file():
+                if not _loadable(target):
                     raise
         return target
 
     def install_archive(self, target: Path, download: Callable[[Path], None], sha256: str, size: int,
-                        source: str) -> Path:
+                        source: str, limits: Limits | None = None) -> Path:
         """Download an adapter zip with ``download(path)``, verify it, unpack it into ``target``."""
-        if (target / ADAPTER_CONFIG).is_file():
+        if _loadable(target):
             return target
         with self.scratch() as tmp:
             archive = tmp / "adapter.zip"
             download(archive)
             verify_file(archive, sha256, size, source)
-            return self.install(target, lambda out: unpack(archive, out))
+            return self.install(target, lambda out: unpack(archive, out, limits))
+
+
+def _loadable(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in CONFIG_FILES)
