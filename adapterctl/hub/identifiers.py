@@ -10,8 +10,10 @@ from dataclasses import dataclass
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
 _HUB_ID = re.compile(rf"^(?:(?P<task>{_PART})/)?(?P<subtask>{_PART})(?:@(?P<org>{_PART}))?(?::(?P<version>{_PART}))?$")
-_HF_ID = re.compile(rf"^hf:(?P<repo>{_PART}/{_PART})(?:@(?P<revision>[A-Za-z0-9_./-]+))?$")
-FORMS = "task/subtask@org, subtask@org or task/subtask@org:version (or hf:owner/repo)"
+# A branch, tag or commit: '/'-separated plain names, so no '..' (it names a cache folder).
+_REVISION = r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*"
+_HF_ID = re.compile(rf"^hf:(?P<repo>{_PART}/{_PART})(?:@(?P<revision>{_REVISION}))?$")
+FORMS = "task/subtask@org, subtask@org or task/subtask@org:version (or hf:owner/repo[@revision])"
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class HfIdentifier:
 def parse(text: str) -> Identifier | HfIdentifier | None:
     """The identifier ``text`` spells, or None if it is not one (a path, say)."""
     m = _HF_ID.match(text.strip())
-    if m:
+    if m and ".." not in text:
         return HfIdentifier(m["repo"], m["revision"])
     m = _HUB_ID.match(text.strip())
     return Identifier(m["subtask"], m["task"], m["org"], m["version"]) if m else None
