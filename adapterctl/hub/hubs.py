@@ -1,25 +1,29 @@
 """The configured hubs, and turning an identifier into a verified local adapter folder.
 
 Hubs come from the ``hubs`` argument or ``ADAPTERCTL_HUB`` (comma-separated folders and URLs),
-searched together: an identifier must name exactly one adapter across all of them.
+searched together: an identifier must name exactly one adapter across all of them. A hub that
+cannot be reached is a warning, not an error, as long as another hub answers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..errors import AdapterConfigError
 from . import index as idx
-from .backends import HfHubBackend, HttpBackend, backend_for, is_url, join
+from .backends import COMMIT, HfHubBackend, HttpBackend, backend_for, is_url, join
 from .cache import Cache
 from .card import parse_card
-from .errors import CardError, DownloadError
+from .errors import CardError, DownloadError, UnknownAdapterError
 from .identifiers import FORMS, HfIdentifier, Identifier, parse
+
+log = logging.getLogger(__name__)
+MAX_INDEX = 64 * 2**20  # bytes: an index of some 50,000 adapters
+MAX_CARD = 2**20
 
 
 class Hub:
@@ -28,6 +32,7 @@ class Hub:
 
     def __init__(self, location, **http):
         self.location = str(location)
+        self.http = http
         self.backend = backend_for(self.location, **http)
 
     def __repr__(self):
@@ -35,7 +40,7 @@ class Hub:
 
     @cached_property
     def entries(self) -> list[idx.Entry]:
-        text = self.backend.read_bytes(idx.INDEX)
+        text = self.backend.read_bytes(idx.INDEX, MAX_INDEX)
         if text is not None:
             return idx.loads(text.decode("utf-8"), f"{self.location}/{idx.INDEX}")
         if is_url(self.location):
@@ -43,19 +48,22 @@ class Hub:
         return idx.scan(Path(self.location))  # a local hub not indexed yet is read directly
 
     def card(self, entry: idx.Entry) -> dict:
-        raw = self.backend.read_bytes(entry.card)
+        raw = self.backend.read_bytes(entry.card, MAX_CARD)
         if raw is None:
             raise DownloadError(f"{self.location}: the index names {entry.card}, which is missing; "
                                 "run 'adapterctl hub index' on the hub")
         return parse_card(raw.decode("utf-8"), f"{self.location}/{entry.card}")
 
     def download(self, card_path: str, file: dict, dest: Path, progress: bool | None) -> None:
-        """Stream a card's file (its url relative to the card, or absolute) to ``dest``."""
+        """Stream a card's file (its url relative to the card, or absolute) to ``dest``, no more
+        than the card's size."""
+        from tqdm.auto import tqdm  # only when something is downloaded
+
         url = file["url"]
-        backend, relative = (HttpBackend(url), url) if is_url(url) else (self.backend, join(card_path, url))
+        backend, relative = (HttpBackend(url, **self.http), url) if is_url(url) else (self.backend, join(card_path, url))
         with tqdm(desc=Path(relative).name, total=file["size"], unit="B", unit_scale=True, unit_divisor=1024,
                   disable=None if progress is None else not progress) as bar, dest.open("wb") as out:
-            backend.fetch(relative, out, bar)
+            backend.fetch(relative, out, file["size"], size=file["size"], progress=bar)
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,33 @@ def find(identifier: str, hubs=None, **want) -> Found:
             f"cannot resolve {identifier}: no hub configured; set ADAPTERCTL_HUB to hub folders or URLs "
             "(comma-separated) or pass hubs=..."
         )
-    owners = {id(e): h for h in hub_list for e in h.entries}
-    entry = idx.select([e for h in hub_list for e in h.entries], ident, **want)
+    up = reachable(hub_list)
+    owners = {id(e): h for h in up for e in h.entries}
+    try:
+        entry = idx.select([e for h in up for e in h.entries], ident, **want)
+    except UnknownAdapterError as e:
+        down = [h.location for h in hub_list if h not in up]
+        if down:
+            raise UnknownAdapterError(f"{e}; not searched, as unreachable: {', '.join(down)}") from None
+        raise
     return Found(owners[id(entry)], entry, ident.version or entry.default_version)
+
+
+def reachable(hubs: list[Hub]) -> list[Hub]:
+    """The hubs whose index could be read; each one that is down is logged as a warning. If
+    none answers, the first one's error is raised."""
+    up, errors = [], []
+    for hub in hubs:
+        try:
+            hub.entries
+        except DownloadError as e:
+            errors.append(e)
+            log.warning("adapterctl: skipping hub %s: %s", hub.location, e)
+        else:
+            up.append(hub)
+    if errors and not up:
+        raise errors[0]
+    return up
 
 
 def pull(found: Found, cache=None, progress: bool | None = None) -> Path:
@@ -119,7 +151,7 @@ def pull_hf(ident: HfIdentifier, cache=None, api=None) -> Path:
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     backend = HfHubBackend(api)
     base = cache.root / "hf" / ident.repo
-    if ident.revision and len(ident.revision) == 40 and (base / ident.revision).is_dir():
+    if ident.revision and COMMIT.fullmatch(ident.revision) and (base / ident.revision).is_dir():
         return base / ident.revision  # a commit never changes: no need to ask the Hub
     with cache.scratch() as tmp:
         commit = backend.pull_into(ident.repo, ident.revision, tmp)
