@@ -9,9 +9,6 @@ so a filtered view can be linked.
 from __future__ import annotations
 
 from html import escape
-from pathlib import Path
-
-from ..io import atomic_write_text
 
 PAGE = "explore.html"
 FILTERS = {"task": "Task", "backbone": "Backbone", "architecture": "Architecture"}
@@ -95,9 +92,3 @@ def render(entries) -> str:
 </body>
 </html>
 """
-
-
-def write_explore(root: Path, entries) -> Path:
-    path = Path(root) / PAGE
-    atomic_write_text(path, render(entries))
-    return path

@@ -1,5 +1,7 @@
 """A hub's index: one entry per card, for search and identifier resolution without reading
 every card. ``index.json`` sits at the hub's root; cards live under ``adapters/<org>/``.
+Whoever changes a hub folder (a push, ``hub index``) holds its lock (``.adapterctl.lock``) and
+rebuilds the index from the cards, so concurrent pushes never leave an index that misses one.
 
 Entries are keyed as AdapterHub keys its own index: identifier, backbone, then the config
 hash, so one identifier can name the same task's adapters for several backbones and
@@ -12,18 +14,21 @@ import dataclasses
 import difflib
 import json
 import posixpath
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import config_hash, load_config
-from ..io import atomic_write_text
+from ..io import atomic_write_text, locked
+from .cache import file_digest
 from .card import card_id, read_card
 from .errors import AmbiguousAdapterError, CardError, UnknownAdapterError
-from .explore import write_explore
+from .explore import PAGE, render
 from .identifiers import Identifier
 
 INDEX = "index.json"
 CARDS = "adapters"
+LOCK = ".adapterctl.lock"
 FORMAT = "adapterctl-hub-index/1"
 
 
@@ -102,12 +107,43 @@ def scan(root: Path) -> list[Entry]:
     return entries
 
 
+def lock(root: Path, timeout: float = 120.0):
+    """The hub folder's lock: hold it to change cards, zips or the index (see ``io.locked``)."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return locked(Path(root) / LOCK, timeout)
+
+
 def build(root: Path) -> list[Entry]:
-    """Rebuild ``index.json`` and the Explore page from the cards under ``root``."""
+    """Rebuild ``index.json`` and the Explore page from the cards under ``root`` (hold ``lock``)."""
+    root = Path(root)
     entries = scan(root)
-    atomic_write_text(Path(root) / INDEX, dumps(entries))
-    write_explore(Path(root), entries)
+    atomic_write_text(root / INDEX, dumps(entries))
+    atomic_write_text(root / PAGE, render(entries))
     return entries
+
+
+def check(root: Path) -> list[str]:
+    """Everything wrong with the hub folder ``root``: invalid cards, a listed zip that is missing
+    or does not match its card's size and sha256, an index that differs from the cards."""
+    root = Path(root)
+    try:
+        entries = scan(root)
+    except CardError as e:
+        return [str(e)]
+    problems = []
+    for entry in entries:
+        for file in read_card(root / entry.card)["files"]:
+            if urllib.parse.urlsplit(file["url"]).scheme:
+                continue  # hosted elsewhere
+            path = (root / entry.card).parent / file["url"]
+            if not path.is_file():
+                problems.append(f"{entry.card}: version {file['version']}'s {file['url']} is missing")
+            elif path.stat().st_size != file["size"] or file_digest(path) != file["sha256"]:
+                problems.append(f"{entry.card}: version {file['version']}'s {file['url']} does not match its size or sha256")
+    index = root / INDEX
+    if not index.is_file() or index.read_text(encoding="utf-8") != dumps(entries):
+        problems.append(f"{index} does not list exactly the cards; run 'adapterctl hub index --hub {root}'")
+    return problems
 
 
 def dumps(entries: list[Entry]) -> str:
