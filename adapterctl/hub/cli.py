@@ -11,12 +11,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import AdapterConfigError
-from ..run.export import CARD, OPTIONS as EXPORT_OPTIONS, export_run, parse_options
-from ..serialization import ADAPTER_CONFIG
 from . import index
 from .backends import HfHubBackend, is_url
 from .card import read_card
-from .hubs import configured_hubs, find, pull, pull_hf
+from .export import ADAPTER_CONFIG, CARD, OPTIONS as EXPORT_OPTIONS, export_run
+from .hubs import configured_hubs, find, pull, pull_hf, reachable
 from .identifiers import FORMS, HfIdentifier, parse
 from .publish import publish
 
@@ -25,12 +24,26 @@ PULL_OPTIONS = {"backbone": "model type or name, e.g. bert", "arch": "architectu
 PUSH_OPTIONS = {k: v for k, v in EXPORT_OPTIONS.items() if k not in ("run", "out")}
 
 
+def parse_options(argv: list[str], allowed: dict[str, str]) -> dict[str, str]:
+    """``key=value`` words -> a dict; an unknown key is an error that lists the valid ones."""
+    options = {}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if not sep or key not in allowed:
+            valid = "\n".join(f"  {k}=...  {v}" for k, v in allowed.items())
+            raise AdapterConfigError(f"unexpected {word!r}; the options are:\n{valid}")
+        options[key] = value
+    return options
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adapterctl hub", description="Find, pull and publish adapters.")
     sub = p.add_subparsers(dest="command", required=True)
     hub_help = "hub folder or URL (repeatable; default: $ADAPTERCTL_HUB, comma-separated)"
     s = sub.add_parser("index", help="rebuild a hub folder's index.json and explore.html from its cards")
     s.add_argument("--hub", help="the hub folder (default: the first of $ADAPTERCTL_HUB)")
+    s.add_argument("--check", action="store_true",
+                   help="change nothing; check every card, every zip's size and sha256, and the index (exit 1 if any is off)")
     s = sub.add_parser("search", help="list adapters: adapterctl hub search task=sentiment backbone=bert")
     s.add_argument("options", nargs="*", metavar="key=value", help=f"filters: {', '.join(index.FILTERS)}")
     s.add_argument("--hub", action="append", help=hub_help)
@@ -61,7 +74,12 @@ def _index(args) -> int:
     hub = args.hub or _hubs(args)[0].location
     if is_url(hub):
         raise AdapterConfigError(f"{hub} is a URL; index the hub's folder, then serve it")
-    entries = index.build(Path(hub))
+    if args.check:
+        problems = index.check(Path(hub))
+        print("\n".join(problems) if problems else f"{hub}: every card, zip and the index are consistent")
+        return 1 if problems else 0
+    with index.lock(Path(hub)):
+        entries = index.build(Path(hub))
     print(f"indexed {len(entries)} adapter(s): {Path(hub) / index.INDEX}, {Path(hub) / 'explore.html'}")
     return 0
 
@@ -69,7 +87,7 @@ def _index(args) -> int:
 def _search(args) -> int:
     filters = parse_options(args.options, dict.fromkeys(index.FILTERS, ""))
     hubs = _hubs(args)
-    found = [(h, e) for h in hubs for e in index.search(h.entries, **filters)]
+    found = [(h, e) for h in reachable(hubs) for e in index.search(h.entries, **filters)]
     for hub, entry in found:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in entry.metrics.items())
         print(f"{entry.describe()}  {metrics}  [{hub.location}]")
