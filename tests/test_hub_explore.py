@@ -21,7 +21,7 @@ from adapterctl.hub import index
 from adapterctl.hub.card import parse_card
 from adapterctl.hub.explore import render
 from adapterctl.hub.publish import publish
-from adapterctl.run.export import export_run
+from adapterctl.hub.export import export_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

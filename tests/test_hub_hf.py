@@ -22,7 +22,7 @@ from adapterctl.cli import main
 from adapterctl.errors import CorruptFileError
 from adapterctl.hub.backends import HfHubBackend
 from adapterctl.hub.card import read_card
-from adapterctl.run.export import export_run
+from adapterctl.hub.export import export_run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -134,3 +134,16 @@ def test_cli_push_and_pull_hf(exported, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "remote" / "me" / "rt-adapter" / "adapter.safetensors").is_file()
     assert main(["hub", "pull", "hf:me/rt-adapter", "--cache", str(tmp_path / "cache")]) == 0
     assert capsys.readouterr().out.strip().endswith(f"cache/hf/me/rt-adapter/{COMMIT}")
+
+
+def test_pull_takes_only_the_files_an_adapter_folder_holds(exported, tmp_path):
+    """A repo may hold anything (code, a whole model); only the adapter's files are downloaded."""
+    export, _ = exported
+    api = FakeHfApi(tmp_path / "remote")
+    HfHubBackend(api).push(export / "rt", read_card(export / "card.yaml"), "me/rt-adapter")
+    (tmp_path / "remote" / "me" / "rt-adapter" / "modeling_rt.py").write_text("import os")
+    (tmp_path / "remote" / "me" / "rt-adapter" / "model.safetensors").write_bytes(b"a whole model")
+    folder = hub.resolve("hf:me/rt-adapter", cache=tmp_path / "cache", api=api)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
+    assert not [c for c in api.calls if c[0] == "download" and c[1] in ("modeling_rt.py", "model.safetensors")]

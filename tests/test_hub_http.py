@@ -3,9 +3,12 @@ can go wrong is refused with nothing half-written left in the cache."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +18,12 @@ from conftest import tiny_model
 from hub_support import HubHandler, files_in, logits, make_run, serve
 
 from adapterctl import hub
+from adapterctl.cli import main
 from adapterctl.errors import CorruptFileError
-from adapterctl.hub import index
+from adapterctl.hub import backends, index
 from adapterctl.hub.errors import CardError, DownloadError, UnknownAdapterError
 from adapterctl.hub.publish import publish
-from adapterctl.run.export import export_run
+from adapterctl.hub.export import export_run
 
 ID = "sentiment/rotten_tomatoes@ukp"
 
@@ -135,7 +139,7 @@ def test_unknown_identifier_lists_candidates(published, tmp_path):
 def test_a_hub_that_is_down_is_a_clear_error(tmp_path):
     with serve(tmp_path) as (url, _):
         pass  # the port is closed again
-    with pytest.raises(DownloadError, match=r"index.json: failed after 2 tries .*check the hub address"):
+    with pytest.raises(DownloadError, match=r"index.json: cannot reach the hub \(.*Connection refused\); check the hub address"):
         hub.resolve(ID, hubs=[hub.Hub(url, retries=1, backoff=0)], cache=tmp_path / "cache")
 
 
@@ -176,3 +180,92 @@ def test_an_index_from_a_stranger_cannot_point_outside_the_hub_or_mislabel_a_car
         with pytest.raises(CardError, match="no longer matches the hub's index entry for sentiment/rotten_tomatoes@evil"):
             hub.resolve("sentiment/rotten_tomatoes@evil", hubs=url, cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
+
+
+class Endless(HubHandler):
+    """Answers the zip with a body that does not end (no Content-Length; HTTP/1.0 sends until
+    it closes), here 64 MiB unless the client hangs up first."""
+
+    def do_GET(self):
+        if not self.path.endswith(".zip"):
+            return super().do_GET()
+        self.requests.append((self.path, None))
+        self.send_response(200)
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(1024):
+                self.wfile.write(b"\0" * 65536)
+
+
+class Boastful(HubHandler):
+    """Announces a terabyte for the zip."""
+
+    def do_GET(self):
+        if not self.path.endswith(".zip"):
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"PK")
+
+
+class Trickle(HubHandler):
+    """Sends the zip a byte at a time, 200 bytes a second: never idle long enough for a read
+    timeout, but it would take a minute."""
+
+    def do_GET(self):
+        if not self.path.endswith(".zip"):
+            return super().do_GET()
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            for i in range(len(data)):
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+                self.requests.append(i)
+                time.sleep(0.005)
+
+
+@pytest.mark.parametrize("handler", [Endless, Boastful])
+def test_a_download_stops_at_the_size_the_card_declares(published, tmp_path, handler):
+    hub_root, _ = published
+    size = _zip_of(hub_root).stat().st_size
+    with serve(hub_root, handler) as (url, _):
+        with pytest.raises(DownloadError, match=rf"\.zip is larger than the {size} bytes expected \(its card's size"):
+            hub.resolve(ID, hubs=[hub.Hub(url, backoff=0)], cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
+
+
+def test_a_trickling_server_fails_within_the_deadline(published, tmp_path, monkeypatch):
+    hub_root, _ = published
+    monkeypatch.setenv("ADAPTERCTL_HUB_DEADLINE", "0.5")
+    with serve(hub_root, Trickle) as (url, sent):
+        with pytest.raises(DownloadError, match=r"\.zip: not complete after 0.5 s \(\d+ bytes received\); the server "
+                                                r"is too slow or stalls.*ADAPTERCTL_HUB_DEADLINE=<seconds>"):
+            hub.resolve(ID, hubs=url, cache=tmp_path / "cache")
+    assert len([r for r in sent if isinstance(r, int)]) < _zip_of(hub_root).stat().st_size / 2
+    assert files_in(tmp_path / "cache") == []
+    monkeypatch.setenv("ADAPTERCTL_HUB_DEADLINE", "soon")
+    with pytest.raises(DownloadError, match="ADAPTERCTL_HUB_DEADLINE='soon' is not a number of seconds"):
+        hub.Hub("http://127.0.0.1:9/")
+
+
+def test_a_hub_that_is_down_is_skipped_with_a_warning(published, tmp_path, monkeypatch, caplog, capsys):
+    """ADAPTERCTL_HUB=<local hub>,<a hub that is down>: the local one serves, at once."""
+    hub_root, _ = published
+    with serve(tmp_path) as (down, _):
+        pass  # the port is closed again
+    monkeypatch.setenv("ADAPTERCTL_HUB", f"{hub_root},{down}")
+    monkeypatch.setattr(backends.time, "sleep", lambda s: pytest.fail(f"waited {s} s to retry a hub that is down"))
+    with caplog.at_level(logging.WARNING):
+        folder = hub.resolve(ID, cache=tmp_path / "cache")
+        assert (folder / "adapter.safetensors").is_file()
+        assert f"skipping hub {down}: {down}index.json: cannot reach the hub" in caplog.text
+        with pytest.raises(UnknownAdapterError, match=rf"no adapter nli/rte@ukp .*; not searched, as unreachable: {down}"):
+            hub.resolve("nli/rte@ukp", cache=tmp_path / "cache")
+        caplog.clear()
+        assert main(["hub", "search", "task=sentiment"]) == 0
+    assert ID in capsys.readouterr().out and f"skipping hub {down}" in caplog.text

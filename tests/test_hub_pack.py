@@ -16,9 +16,10 @@ from hub_support import files_in, make_run
 from adapterctl import hub
 from adapterctl.hub import index
 from adapterctl.hub.errors import UnsafeArchiveError
-from adapterctl.hub.pack import pack, unpack
+from adapterctl import serialization
+from adapterctl.hub.pack import ADAPTER_FILES, Limits, pack, unpack
 from adapterctl.hub.publish import publish
-from adapterctl.run.export import export_run
+from adapterctl.hub.export import export_run
 
 
 def _zip(path, entries):
@@ -67,7 +68,7 @@ def test_pack_refuses_links(tmp_path):
     ({"sub/../../evil.txt": b"x"}, "climbs out"),
     ({"/tmp/evil.txt": b"x"}, "is an absolute path"),
     ({"adapter_config.json": b"{}", "link": ("link", "/etc/passwd")}, "is a symbolic link"),
-    ({"a.json": b"1", "a.json/": b""}, "names an entry twice"),
+    ({"adapter_config.json": b"1", "adapter_config.json/": b""}, "names an entry twice"),
 ])
 def test_unpack_refuses_unsafe_entries_before_writing_anything(tmp_path, entries, reason):
     out = tmp_path / "out"
@@ -102,3 +103,90 @@ def test_a_hub_serving_an_escaping_archive_is_refused(tmp_path, evil):
         hub.resolve("sentiment/rotten_tomatoes@ukp", hubs=str(root), cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
     assert not (tmp_path / "escaped.txt").exists() and not os.path.exists("/tmp/adapterctl-escaped.txt")
+
+
+@pytest.mark.parametrize("entries, reason", [
+    ({"adapter_config.json": b"{}", "setup.py": b"import os"}, "'setup.py' is not a file an adapter folder holds; "
+                                                               "the files are: adapter_config.json, adapter.safetensors"),
+    ({"adapter_config.json": b"{}", "model.safetensors": b"x"}, "'model.safetensors' is not a file"),
+    ({"adapter_config.json": b"{}", "a/adapter.safetensors": b"x"}, "sub-folders only in a setup"),
+    ({"adapter_setup.json": b"{}", "a/b/adapter.safetensors": b"x"}, "'a/b/adapter.safetensors' is not a file"),
+    ({"adapter_setup.json": b"{}", "a/notes.txt": b"x"}, "'a/notes.txt' is not a file"),
+])
+def test_unpack_accepts_only_what_an_adapter_folder_holds(tmp_path, entries, reason):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UnsafeArchiveError, match=reason):
+        unpack(_zip(tmp_path / "x.zip", entries), out)
+    assert files_in(out) == []
+
+
+def test_the_table_lists_every_file_the_library_saves():
+    saved = {serialization.ADAPTER_CONFIG, serialization.HEAD_CONFIG, serialization.FUSION_CONFIG,
+             serialization.SETUP_CONFIG, *serialization.ADAPTER_WEIGHTS, *serialization.HEAD_WEIGHTS,
+             *serialization.FUSION_WEIGHTS}
+    assert saved - set(ADAPTER_FILES) == set()
+
+
+def test_a_setup_folder_packs_and_unpacks_with_its_sub_folders(tmp_path):
+    folder = tmp_path / "setup"
+    for name in ("a", "b", "a,b"):
+        (folder / name).mkdir(parents=True)
+    (folder / "adapter_setup.json").write_text("{}")
+    for name in ("a", "b"):
+        (folder / name / "adapter_config.json").write_text("{}")
+        (folder / name / "adapter.safetensors").write_bytes(os.urandom(100))
+    (folder / "a,b" / "adapter_fusion_config.json").write_text("{}")
+    out = tmp_path / "out"
+    out.mkdir()
+    unpack(pack(folder, tmp_path / "setup.zip"), out)
+    assert files_in(out) == files_in(folder)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UnsafeArchiveError, match="'notes.txt' is not a file an adapter folder holds.*Move other files"):
+        pack(folder, tmp_path / "other.zip")
+    assert not (tmp_path / "other.zip").exists()
+
+
+def _bomb(path, size):
+    """A valid adapter zip whose weights are ``size`` zero bytes: a few kB on disk."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("adapter_config.json", b"{}")
+        with zf.open("adapter.safetensors", "w") as f:
+            for _ in range(size // 2**20):
+                f.write(bytes(2**20))
+    return path
+
+
+def test_an_archive_that_expands_beyond_what_adapters_need_is_refused_before_writing(tmp_path, monkeypatch):
+    archive = _bomb(tmp_path / "bomb.zip", 16 * 2**20)
+    out = tmp_path / "out"
+    out.mkdir()
+    limits = Limits(floor=2**20)  # 20x a ~16 kB archive, at least 1 MiB
+    with pytest.raises(UnsafeArchiveError, match=r"would unpack to 16777218 bytes, more than the 1048576 allowed for "
+                                                 r"a \d+-byte archive \(a zip bomb\?\); refused, nothing extracted"):
+        unpack(archive, out, limits)
+    assert files_in(out) == []
+    monkeypatch.setenv("ADAPTERCTL_MAX_UNPACK_RATIO", "2000")  # trusted: allow it
+    unpack(archive, out, Limits.from_env())
+    assert (out / "adapter.safetensors").stat().st_size == 16 * 2**20
+    monkeypatch.setenv("ADAPTERCTL_MAX_UNPACKED", "lots")
+    with pytest.raises(UnsafeArchiveError, match="ADAPTERCTL_MAX_UNPACKED='lots' is not a number; set it to a byte count"):
+        Limits.from_env()
+
+
+def test_a_hub_serving_a_zip_bomb_is_refused(tmp_path):
+    """With the default limits, and a card whose sha256 matches the bomb."""
+    run, _ = make_run(tmp_path / "run")
+    root = tmp_path / "hub"
+    publish(export_run(run, tmp_path / "export", org="ukp"), root)
+    [card_path] = (root / "adapters").rglob("*.yaml")
+    [archive] = (root / "adapters").rglob("*.zip")
+    archive.unlink()
+    _bomb(archive, 72 * 2**20)
+    card = yaml.safe_load(card_path.read_text())
+    card["files"][0].update(sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), size=archive.stat().st_size)
+    card_path.write_text(yaml.safe_dump(card))
+    index.build(root)
+    with pytest.raises(UnsafeArchiveError, match=r"would unpack to 75497474 bytes, more than the 67108864 allowed"):
+        hub.resolve("sentiment/rotten_tomatoes@ukp", hubs=str(root), cache=tmp_path / "cache")
+    assert files_in(tmp_path / "cache") == []
