@@ -32,4 +32,4 @@ class UnsupportedModelError(AdapterError, ValueError):
 
 
 class FolderBusyError(AdapterError, TimeoutError):
-    """A shared folder (a hub) that another process kept locked for longer than the wait allows."""
+    """A shared folder (a hub) that another process keeps locked, or whose file system cannot lock."""

@@ -158,7 +158,10 @@ def locked(path: Path, timeout: float = 120.0):
     A ``flock``: the kernel releases it when the holder exits, even by ``kill -9``, so a crashed
     writer never leaves a folder locked. Waits up to ``timeout`` seconds, then says who to wait for.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # read-only: others sharing the folder can lock it too
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # NFS locks need a file open for writing
+    except PermissionError:  # another user's lock file: a local flock works read-only too
+        fd = os.open(path, os.O_RDONLY)
     try:
         give_up = time.monotonic() + timeout
         while True:
@@ -172,6 +175,9 @@ def locked(path: Path, timeout: float = 120.0):
                         "there; try again when it has finished"
                     ) from None
                 time.sleep(0.01)
+            except OSError as e:
+                raise FolderBusyError(f"cannot lock {path} ({e.strerror}): its file system has no working locks; "
+                                      "write into this folder from one process at a time, or move it") from None
         yield
     finally:
         os.close(fd)

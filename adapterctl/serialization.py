@@ -26,7 +26,7 @@ from .errors import (
     CorruptFileError,
     IncompatibleAdapterError,
 )
-from .io import atomic_dir
+from .io import atomic_dir, recover
 from .methods.fusion import load_fusion_config
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def _assign(model: "AdapterModel", tensors: dict, expected: dict, path: Path) ->
 def resolve_source(source, model: "AdapterModel | None" = None) -> Path:
     """A local folder, or a Hub identifier resolved (and downloaded) by ``adapterctl.hub``;
     given ``model``, only adapters that fit its backbone are candidates."""
-    path = Path(source)
+    path = recover(Path(source))  # an overwrite killed between its renames: the previous folder comes back
     if path.is_dir():
         return path
     if path.exists():

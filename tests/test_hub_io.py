@@ -10,7 +10,9 @@ import os
 import stat
 
 import pytest
-from hub_support import make_run
+import torch
+from conftest import tiny_model
+from hub_support import logits, make_run
 
 from adapterctl.errors import CorruptFileError
 from adapterctl.hub import Cache, resolve
@@ -99,6 +101,18 @@ def test_an_overwrite_killed_between_its_renames_is_restored_by_the_next_save(tm
     assert (target / "weights").read_text() == "newer"
     left = sorted(p.name for p in target.parent.iterdir())  # the dead writer's hidden temporary folder stays
     assert left[-1] == "last" and [n for n in left[:-1] if not n.startswith(".last.tmp-")] == []
+
+
+def test_loading_an_adapter_whose_overwrite_was_killed_loads_the_previous_version(tmp_path):
+    _, model = make_run(tmp_path / "run")
+    target = tmp_path / "run" / "adapters" / "rt"
+    killed = FORK.Process(target=_killed_overwrite, args=(target,))
+    killed.start()
+    killed.join()
+    assert killed.exitcode == 9 and not target.exists()
+    loaded = tiny_model()
+    assert loaded.load_adapter(str(target), set_active=True) == "rt"
+    assert torch.equal(logits(loaded, "rt"), logits(model, "rt"))
 
 
 def test_several_leftover_versions_are_named_not_guessed(tmp_path):

@@ -74,6 +74,8 @@ def _index(args) -> int:
     hub = args.hub or _hubs(args)[0].location
     if is_url(hub):
         raise AdapterConfigError(f"{hub} is a URL; index the hub's folder, then serve it")
+    if not Path(hub).is_dir():
+        raise AdapterConfigError(f"hub folder {hub} does not exist; give the folder you push into with --hub")
     if args.check:
         problems = index.check(Path(hub))
         print("\n".join(problems) if problems else f"{hub}: every card, zip and the index are consistent")
