@@ -85,20 +85,26 @@ def test_unpack_refuses_a_file_that_is_not_a_zip(tmp_path):
         unpack(tmp_path / "x.zip", tmp_path)
 
 
-@pytest.mark.parametrize("evil", ["../../escaped.txt", "/tmp/adapterctl-escaped.txt"])
-def test_a_hub_serving_an_escaping_archive_is_refused(tmp_path, evil):
-    """The publisher is the attacker here: the card's sha256 matches the evil archive."""
+def _hub_serving(tmp_path, make_archive):
+    """A hub whose publisher is the attacker: its one zip is replaced by ``make_archive(path)``
+    and the card's sha256 and size match it. Returns the hub folder."""
     run, _ = make_run(tmp_path / "run")
     root = tmp_path / "hub"
     publish(export_run(run, tmp_path / "export", org="ukp"), root)
     [card_path] = (root / "adapters").rglob("*.yaml")
     [archive] = (root / "adapters").rglob("*.zip")
     archive.unlink()
-    _zip(archive, {"adapter_config.json": b"{}", evil: b"owned"})
+    make_archive(archive)
     card = yaml.safe_load(card_path.read_text())
     card["files"][0].update(sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), size=archive.stat().st_size)
     card_path.write_text(yaml.safe_dump(card))
     index.build(root)
+    return root
+
+
+@pytest.mark.parametrize("evil", ["../../escaped.txt", "/tmp/adapterctl-escaped.txt"])
+def test_a_hub_serving_an_escaping_archive_is_refused(tmp_path, evil):
+    root = _hub_serving(tmp_path, lambda path: _zip(path, {"adapter_config.json": b"{}", evil: b"owned"}))
     with pytest.raises(UnsafeArchiveError, match="refused, nothing extracted"):
         hub.resolve("sentiment/rotten_tomatoes@ukp", hubs=str(root), cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
@@ -176,17 +182,7 @@ def test_an_archive_that_expands_beyond_what_adapters_need_is_refused_before_wri
 
 def test_a_hub_serving_a_zip_bomb_is_refused(tmp_path):
     """With the default limits, and a card whose sha256 matches the bomb."""
-    run, _ = make_run(tmp_path / "run")
-    root = tmp_path / "hub"
-    publish(export_run(run, tmp_path / "export", org="ukp"), root)
-    [card_path] = (root / "adapters").rglob("*.yaml")
-    [archive] = (root / "adapters").rglob("*.zip")
-    archive.unlink()
-    _bomb(archive, 72 * 2**20)
-    card = yaml.safe_load(card_path.read_text())
-    card["files"][0].update(sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), size=archive.stat().st_size)
-    card_path.write_text(yaml.safe_dump(card))
-    index.build(root)
+    root = _hub_serving(tmp_path, lambda path: _bomb(path, 72 * 2**20))
     with pytest.raises(UnsafeArchiveError, match=r"would unpack to 75497474 bytes, more than the 67108864 allowed"):
         hub.resolve("sentiment/rotten_tomatoes@ukp", hubs=str(root), cache=tmp_path / "cache")
     assert files_in(tmp_path / "cache") == []
