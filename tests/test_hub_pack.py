@@ -11,13 +11,14 @@ import zipfile
 
 import pytest
 import yaml
+from conftest import REPO
 from hub_support import files_in, make_run
 
 from adapterctl import hub
 from adapterctl.hub import index
 from adapterctl.hub.errors import UnsafeArchiveError
 from adapterctl import serialization
-from adapterctl.hub.pack import ADAPTER_FILES, Limits, pack, unpack
+from adapterctl.hub.pack import ADAPTER_FILES, CONFIG_FILES, Limits, layout_problem, pack, unpack
 from adapterctl.hub.publish import publish
 from adapterctl.hub.export import export_run
 
@@ -127,11 +128,16 @@ def test_unpack_accepts_only_what_an_adapter_folder_holds(tmp_path, entries, rea
     assert files_in(out) == []
 
 
-def test_the_table_lists_every_file_the_library_saves():
+def test_the_table_lists_every_file_the_library_and_adapterhub_save():
     saved = {serialization.ADAPTER_CONFIG, serialization.HEAD_CONFIG, serialization.FUSION_CONFIG,
              serialization.SETUP_CONFIG, *serialization.ADAPTER_WEIGHTS, *serialization.HEAD_WEIGHTS,
              *serialization.FUSION_WEIGHTS}
     assert saved - set(ADAPTER_FILES) == set()
+    folders = [d for d in (REPO / "tests" / "fixtures").rglob("*")
+               if d.is_dir() and any((d / name).is_file() for name in CONFIG_FILES)]
+    assert len(folders) > 20  # what adapters 1.3.0 saved (tests/fixtures/adapterhub*)
+    for folder in folders:
+        assert layout_problem([p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]) is None
 
 
 def test_a_setup_folder_packs_and_unpacks_with_its_sub_folders(tmp_path):

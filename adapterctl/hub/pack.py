@@ -40,6 +40,7 @@ ADAPTER_FILES = {
     "model_adapter_fusion.safetensors": "fusion weights",
     "pytorch_model_adapter_fusion.bin": "fusion weights, legacy format",
     "adapter_setup.json": "a setup; its adapters and fusions sit in sub-folders named after them",
+    "adapter_interface.json": "AdapterHub's plugin interface, for a model family it has no built-in support for",
     "README.md": "the model card of an HF Hub repo",
 }
 SETUP = "adapter_setup.json"
