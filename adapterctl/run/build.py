@@ -100,7 +100,8 @@ def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
     """Where a named adapter comes from: a train run folder (its adapter), an exported folder
     (the adapter beside ``card.yaml``), an adapter folder, the adapter of that name in the
     newest run under ``outputs/train``; anything else is a Hub identifier."""
-    from . import export, folders
+    from ..hub import export
+    from . import folders
 
     path = Path(spec)
     if (path / folders.RUN_JSON).is_file():
