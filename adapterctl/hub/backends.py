@@ -137,14 +137,18 @@ class HttpBackend:
         url, failures = self.url(relative), 0
         seconds = self.deadline if self.deadline is not None else GRACE + (limit if size is None else size) / MIN_RATE
         give_up = time.monotonic() + seconds
-        late = DownloadError(f"{url}: not complete after {round(seconds, 1):g} s ({{}} bytes received); the server is too slow "
-                             "or stalls. Try again later, or allow longer with ADAPTERCTL_HUB_DEADLINE=<seconds>")
+
+        def late() -> DownloadError:
+            return DownloadError(f"{url}: not complete after {round(seconds, 1):g} s ({out.tell()} bytes received); the "
+                                 "server is too slow or stalls. Try again later, or allow longer with "
+                                 "ADAPTERCTL_HUB_DEADLINE=<seconds>")
+
         while True:
             written = out.tell()
             try:
                 remaining = give_up - time.monotonic()
                 if remaining <= 0:
-                    raise DownloadError(str(late).format(written))
+                    raise late()
                 headers = {"Range": f"bytes={written}-"} if written else None
                 with self._open(url, headers, min(self.timeout, remaining)) as response:
                     if written and response.status != 206:  # Range ignored: start over
@@ -152,8 +156,8 @@ class HttpBackend:
                         out.truncate()
                         if progress is not None:
                             progress.reset()
-                    expected = response.headers.get("Content-Length")
-                    if expected is not None and out.tell() + int(expected) > limit:
+                    expected = response.length  # the Content-Length, None if absent or not a number
+                    if expected is not None and out.tell() + expected > limit:
                         raise _too_large(url, limit)
                     received = 0
                     while chunk := response.read1(CHUNK):  # one read each, so a trickle meets the deadline
@@ -164,10 +168,10 @@ class HttpBackend:
                         if progress is not None:
                             progress.update(len(chunk))
                         if time.monotonic() > give_up:
-                            raise DownloadError(str(late).format(out.tell()))
-                    if expected is None or received >= int(expected):
+                            raise late()
+                    if expected is None or received >= expected:
                         return
-                    raise http.client.IncompleteRead(b"", int(expected) - received)
+                    raise http.client.IncompleteRead(b"", expected - received)
             except DownloadError:
                 raise
             except urllib.error.HTTPError as e:

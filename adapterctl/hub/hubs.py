@@ -114,19 +114,20 @@ def find(identifier: str, hubs=None, **want) -> Found:
 
 
 def reachable(hubs: list[Hub]) -> list[Hub]:
-    """The hubs whose index could be read; each one that is down is logged as a warning. If
-    none answers, the first one's error is raised."""
-    up, errors = [], []
+    """The hubs whose index could be read, each one that is down a warning; if none answers,
+    the first one's error."""
+    up, down = [], []
     for hub in hubs:
         try:
             hub.entries
         except DownloadError as e:
-            errors.append(e)
-            log.warning("adapterctl: skipping hub %s: %s", hub.location, e)
+            down.append((hub, e))
         else:
             up.append(hub)
-    if errors and not up:
-        raise errors[0]
+    if down and not up:
+        raise down[0][1]
+    for hub, error in down:
+        log.warning("adapterctl: skipping hub %s: %s", hub.location, error)
     return up
 
 

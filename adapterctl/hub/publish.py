@@ -49,8 +49,7 @@ def _orphan(folder: Path, slug: str, listed: set[str], sha256: str) -> str | Non
     return None
 
 
-def _claim(archive: Path, folder: Path, slug: str, version: str, sha256: str, taken: list[str],
-           chosen: bool) -> str:
+def _claim(archive: Path, folder: Path, slug: str, version: str, taken: list[str], chosen: bool) -> str:
     """Copy ``archive`` to ``<slug>-<version>.zip``, never replacing a file; returns the version.
 
     A zip already there with other contents (left by an interrupted push of other weights) moves
@@ -96,11 +95,11 @@ def publish(export_folder: Path, hub_root: Path, version: str | None = None) -> 
             raise FileExistsError(f"{card_id(new)} already has a version {version} with other contents; "
                                   f"choose another version=... (taken: {', '.join(taken)})")
         adopted = _orphan(folder, slug, {f["url"] for f in files}, file["sha256"])
-        if adopted and version in (None, adopted):
+        if adopted and adopted not in taken and version in (None, adopted):
             version = adopted
         else:
             wanted = version or (file["version"] if file["version"] not in taken else _next_version(taken))
-            version = _claim(archive, folder, slug, wanted, file["sha256"], taken, chosen=version is not None)
+            version = _claim(archive, folder, slug, wanted, taken, chosen=version is not None)
         merged = copy.deepcopy(new)  # the newest export describes the card; older versions stay listed
         merged["default_version"] = version
         merged["files"] = files + [{**file, "version": version, "url": f"{slug}-{version}.zip"}]
