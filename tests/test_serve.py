@@ -288,7 +288,7 @@ def test_adapters_load_by_hub_id_verified_as_hub_pull(setup, tmp_path, monkeypat
     from hub_support import make_run
 
     from adapterctl.hub.publish import publish
-    from adapterctl.run.export import export_run
+    from adapterctl.hub.export import export_run
 
     backbone = setup[0]
     for name, family, task in [("rt", "bert", "rotten_tomatoes"), ("sst", "roberta", "sst2"), ("bad", "bert", "mrpc")]:
