@@ -14,7 +14,7 @@ from hub_support import files_in, logits, make_run
 from adapterctl import hub
 from adapterctl.hub import index
 from adapterctl.hub.card import architecture, parse_card, validate_card
-from adapterctl.errors import CorruptFileError
+from adapterctl.errors import CorruptFileError, IncompatibleAdapterError
 from adapterctl.hub.errors import AmbiguousAdapterError, CardError, UnknownAdapterError
 from adapterctl.hub.identifiers import HfIdentifier, Identifier, parse
 from adapterctl.hub.publish import publish
@@ -164,8 +164,12 @@ def test_resolution_by_backbone_and_architecture(hub_root, tmp_path):
     assert found.entry.config_hash == "b1017368d7a97b11"
     found = hub.find("rotten_tomatoes@ukp", str(root), backbone="bert", architecture="9076f36a74755ac4")
     assert found.entry.architecture == "pfeiffer"
-    with pytest.raises(UnknownAdapterError, match=r"exists, but not for model_type=distilbert.*its candidates:\n"):
+    with pytest.raises(UnknownAdapterError, match=r"exists, but not for model_type=distilbert.*its candidates:\n") as e:
         hub.find("rotten_tomatoes@ukp", str(root), model_type="distilbert")
+    assert isinstance(e.value, hub.WrongBackboneError) and isinstance(e.value, IncompatibleAdapterError)
+    with pytest.raises(UnknownAdapterError, match="not for model_type=bert, version=9") as e:  # fits; no such version
+        hub.find("rotten_tomatoes@ukp:9", str(root), model_type="bert")
+    assert not isinstance(e.value, IncompatibleAdapterError)
 
 
 def test_load_adapter_picks_the_adapter_that_fits_the_model(hub_root, tmp_path, monkeypatch):

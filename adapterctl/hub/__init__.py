@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from .cache import Cache
 from .card import read_card, validate_card
-from .errors import AmbiguousAdapterError, CardError, DownloadError, UnknownAdapterError, UnsafeArchiveError
+from .errors import (
+    AmbiguousAdapterError, CardError, DownloadError, UnknownAdapterError, UnsafeArchiveError, WrongBackboneError,
+)
 from .hubs import Hub, configured_hubs, find, pull, resolve
 
 __all__ = [
     "resolve", "find", "pull", "Hub", "configured_hubs", "Cache", "read_card", "validate_card",
-    "CardError", "UnknownAdapterError", "AmbiguousAdapterError", "UnsafeArchiveError", "DownloadError",
+    "CardError", "UnknownAdapterError", "WrongBackboneError", "AmbiguousAdapterError", "UnsafeArchiveError",
+    "DownloadError",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError, CorruptFileError
+from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError, CorruptFileError, IncompatibleAdapterError
 
 
 class CardError(AdapterConfigError):
@@ -11,6 +11,10 @@ class CardError(AdapterConfigError):
 
 class UnknownAdapterError(AdapterNotFoundError):
     """An identifier that no configured hub knows (the message lists the nearest candidates)."""
+
+
+class WrongBackboneError(UnknownAdapterError, IncompatibleAdapterError):
+    """An identifier the hubs hold, but only for other backbones (model type or hidden size)."""
 
 
 class AmbiguousAdapterError(AdapterError, LookupError):

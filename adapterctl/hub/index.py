@@ -22,7 +22,7 @@ from ..config import config_hash, load_config
 from ..io import atomic_write_text, locked
 from .cache import file_digest
 from .card import card_id, read_card
-from .errors import AmbiguousAdapterError, CardError, UnknownAdapterError
+from .errors import AmbiguousAdapterError, CardError, UnknownAdapterError, WrongBackboneError
 from .explore import PAGE, render
 from .identifiers import Identifier
 
@@ -205,6 +205,9 @@ def select(entries: list[Entry], ident: Identifier, model_type: str | None = Non
             f"; the configured hubs hold: {', '.join(sorted({e.id for e in entries})[:20]) or 'nothing'}")
         raise UnknownAdapterError(f"no adapter {ident} in the configured hubs{hint}")
     fitting = [e for e in named if model_type in (None, e.model_type) and hidden_size in (None, e.hidden_size)]
+    if not fitting:
+        raise WrongBackboneError(f"{ident} exists, but not for model_type={model_type}, hidden_size={hidden_size}; "
+                                 f"its candidates:{_listing(named)}")
     fitting = search(fitting, backbone=backbone, architecture=architecture)
     if config is not None:
         digest = config_hash(load_config(config))
