@@ -306,7 +306,7 @@ def test_adapters_load_by_hub_id_verified_as_hub_pull(setup, tmp_path, monkeypat
         [folder] = (tmp_path / "cache").rglob("adapter_config.json")
         probs = reference(backbone, folder.parent, "rt", TEXTS[0]).softmax(-1)
         assert got["scores"] == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-5)
-        for source, status, says in [("sst2@me", 409, "in the hubs, but not for this server's backbone (bert"),
+        for source, status, says in [("sst2@me", 409, "exists, but not for model_type=bert, hidden_size=32"),
                                      ("qqp@me", 404, "no adapter qqp@me in the configured hubs"),
                                      ("mrpc@me", 422, "sha256")]:
             r = httpx.post(f"{s.url}/v1/adapters", json={"source": source}, timeout=30)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .. import serialization
-from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError, IncompatibleAdapterError
+from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
 from ..model import AdapterModel
 from ..run.build import adapter_source
 from ..run.predict import _label as classification_prediction
@@ -148,26 +148,12 @@ class Engine:
 
     def locate(self, spec: str, **want) -> Path:
         """The folder of an adapter named by a folder (adapter, run or exported) or a Hub id,
-        downloaded and verified as ``adapterctl hub pull`` does. An id the hubs hold only for
-        other backbones is an ``IncompatibleAdapterError``."""
+        downloaded and verified as ``adapterctl hub pull`` does; an id the hubs hold only for
+        other backbones is a ``WrongBackboneError`` (409)."""
         from .. import hub
-        from ..hub import AmbiguousAdapterError, UnknownAdapterError
 
         source = adapter_source(spec)
-        if isinstance(source, Path):
-            return source
-        try:
-            return hub.resolve(source, model=self.model, **want)
-        except UnknownAdapterError:
-            try:
-                hub.find(source, **want)
-            except UnknownAdapterError:
-                raise
-            except AmbiguousAdapterError:
-                pass
-            raise IncompatibleAdapterError(
-                f"{source} is in the hubs, but not for this server's backbone ({self.model.config.model_type}, "
-                f"hidden size {self.model.hidden_size}); serve it on the backbone it was trained for") from None
+        return source if isinstance(source, Path) else hub.resolve(source, model=self.model, **want)
 
     # -- on the model's thread ------------------------------------------------------------
 
