@@ -12,10 +12,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "AdapterModel": ".model",
-    "BnConfig": ".config", "load_config": ".config", "config_hash": ".config",
-    "Stack": ".composition", "Fuse": ".composition", "Split": ".composition",
-    "BatchSplit": ".composition", "Parallel": ".composition", "Average": ".composition",
+    "AdapterModel": ".core.model",
+    "load_config": ".core.config", "config_hash": ".core.config", "register_method": ".core.registry",
+    "BnConfig": ".methods.bottleneck.config",
+    "Stack": ".core.composition", "Fuse": ".core.composition", "Split": ".core.composition",
+    "BatchSplit": ".core.composition", "Parallel": ".core.composition", "Average": ".core.composition",
     "AdapterError": ".errors", "AdapterConfigError": ".errors", "AdapterNotFoundError": ".errors",
     "CorruptFileError": ".errors", "IncompatibleAdapterError": ".errors", "UnsupportedModelError": ".errors",
 }

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
+from transformers import (
+    AutoModel,
+    BertConfig,
+    DistilBertConfig,
+    ElectraConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    RobertaConfig,
+    XLMRobertaConfig,
+)
 
 from adapterctl import AdapterModel
 
@@ -39,6 +48,18 @@ def tiny_backbone(family: str = "bert", seed: int = 0):
 
 def tiny_model(family: str = "bert", seed: int = 0) -> AdapterModel:
     return AdapterModel(tiny_backbone(family, seed)).eval()
+
+
+def llama_config() -> LlamaConfig:
+    return LlamaConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=99)
+
+
+def tiny_llama(seed: int = 0, causal_lm: bool = False) -> AdapterModel:
+    """A tiny random Llama; ``causal_lm``: with its LM head (kept as the head ``default``)."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(llama_config()) if causal_lm else AutoModel.from_config(llama_config())
+    return AdapterModel(model.eval()).eval()
 
 
 def batch(seed: int = 1, rows: int = 3, length: int = 9):

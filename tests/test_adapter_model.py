@@ -101,7 +101,8 @@ def test_backbone_dropout_follows_train_adapter(family):
     assert not torch.equal(first, second)  # adapter dropout is untouched
     first, second = two_passes("b", backbone_dropout="all")
     assert not torch.equal(first, second)
-    attention = [layer.get_submodule(model.family.attention) for layer in model.backbone.get_submodule(model.family.layers)]
+    stack = model.family.stacks["encoder"]
+    attention = [layer.get_submodule(stack.attention) for layer in model.backbone.get_submodule(stack.path)]
     assert all(m.training for m in attention)
     first, second = two_passes("b", backbone_dropout="hidden")
     assert not torch.equal(first, second) and not any(m.training for m in attention)
@@ -189,7 +190,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_fused_single_adapter_step_equals_the_general_path(monkeypatch, family, preset):
     """One active adapter takes a shortcut (fewer passes over the batch, in place without
     autograd); it must compute the same outputs and gradients as pre_forward/forward/post_forward."""
-    from adapterctl.methods.bottleneck import Bottleneck
+    from adapterctl.methods.bottleneck.layer import Bottleneck
 
     def run():
         model = tiny_model(family)

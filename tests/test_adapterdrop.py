@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from adapterctl import AdapterConfigError
-from adapterctl.adapterdrop import AdapterDrop
+from adapterctl.methods.adapterdrop import AdapterDrop
 from clitools import adapterctl, make_tiny_bert, quick
 from conftest import DATA, batch, perturb, tiny_model
 

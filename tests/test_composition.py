@@ -13,7 +13,7 @@ from adapterctl import (
     AdapterConfigError, AdapterNotFoundError, Average, BatchSplit, Fuse, IncompatibleAdapterError, Parallel, Split,
     Stack,
 )
-from adapterctl.composition import parse_setup
+from adapterctl.core.composition import parse_setup
 from conftest import batch, perturb, tiny_backbone, tiny_model
 
 

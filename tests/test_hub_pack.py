@@ -17,7 +17,7 @@ from hub_support import files_in, make_run
 from adapterctl import hub
 from adapterctl.hub import index
 from adapterctl.hub.errors import UnsafeArchiveError
-from adapterctl import serialization
+from adapterctl.formats import adapterhub
 from adapterctl.hub.pack import ADAPTER_FILES, CONFIG_FILES, Limits, layout_problem, pack, unpack
 from adapterctl.hub.publish import publish
 from adapterctl.hub.export import export_run
@@ -129,9 +129,9 @@ def test_unpack_accepts_only_what_an_adapter_folder_holds(tmp_path, entries, rea
 
 
 def test_the_table_lists_every_file_the_library_and_adapterhub_save():
-    saved = {serialization.ADAPTER_CONFIG, serialization.HEAD_CONFIG, serialization.FUSION_CONFIG,
-             serialization.SETUP_CONFIG, *serialization.ADAPTER_WEIGHTS, *serialization.HEAD_WEIGHTS,
-             *serialization.FUSION_WEIGHTS}
+    saved = {adapterhub.ADAPTER_CONFIG, adapterhub.HEAD_CONFIG, adapterhub.FUSION_CONFIG,
+             adapterhub.SETUP_CONFIG, *adapterhub.ADAPTER_WEIGHTS, *adapterhub.HEAD_WEIGHTS,
+             *adapterhub.FUSION_WEIGHTS}
     assert saved - set(ADAPTER_FILES) == set()
     folders = [d for d in (REPO / "tests" / "fixtures").rglob("*")
                if d.is_dir() and any((d / name).is_file() for name in CONFIG_FILES)]

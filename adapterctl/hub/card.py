@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import PRESETS, BnConfig, config_hash, load_config
+from ..core.config import AdapterConfig, architecture_name, config_hash, load_config
 from ..errors import AdapterConfigError
 from .errors import CardError
 
@@ -178,23 +178,15 @@ def dump_card(card: dict) -> str:
     return yaml.dump(card, Dumper=_DUMPER, sort_keys=False, allow_unicode=True, width=100)
 
 
-def architecture(config: BnConfig | dict) -> dict:
-    """The card's ``architecture``: a readable family name, AdapterHub's config hash, the config.
+def architecture(config: AdapterConfig | dict) -> dict:
+    """The card's ``architecture``: a readable name, AdapterHub's config hash, the config.
 
-    The name is the preset the config equals, else the family its placement belongs to
+    The name is the preset the config equals, else the placement its method gives it
     (``pfeiffer[reduction_factor=8]`` is a ``pfeiffer``): search filters by name, the hash pins
     the exact config.
     """
     config = load_config(config)
-    digest = config_hash(config)
-    exact = [n for n, preset in PRESETS.items() if config_hash(BnConfig(**preset)) == digest]
-    if exact:
-        name = exact[0]
-    elif config.is_parallel:
-        name = "parallel"
-    else:
-        name = "houlsby" if config.mh_adapter else "pfeiffer"
-    return {"name": name, "config_hash": digest, "config": config.to_dict()}
+    return {"name": architecture_name(config), "config_hash": config_hash(config), "config": config.to_dict()}
 
 
 def is_model_id(name: str) -> bool:

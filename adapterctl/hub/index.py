@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import config_hash, load_config
+from ..core.config import config_hash, load_config
 from ..io import atomic_write_text, locked
 from .cache import file_digest
 from .card import card_id, read_card

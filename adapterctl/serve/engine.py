@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .. import serialization
+from ..core.model import AdapterModel
 from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
-from ..model import AdapterModel
+from ..formats.adapterhub import ADAPTER_CONFIG, HEAD_CONFIG
+from ..formats.files import read_json
 from ..run.build import adapter_source
 from ..run.predict import _label as classification_prediction
 from .errors import AdapterNameTakenError, RequestTooLargeError, UnservableAdapterError
@@ -160,15 +161,15 @@ class Engine:
     def load(self, path: Path, name: str | None = None, source: str | None = None) -> LoadedAdapter:
         """Load an adapter folder with its head; the head must be one ``/v1/predict`` answers with."""
         path = Path(path)
-        saved = serialization.read_json(path / serialization.ADAPTER_CONFIG)
+        saved = read_json(path / ADAPTER_CONFIG)
         name = name or saved.get("name") or path.name
         if name in self.adapters:
             raise AdapterNameTakenError(f"an adapter named {name!r} is already loaded; give another name or unload it "
                                         f"first (DELETE /v1/adapters/{name})")
-        if not (path / serialization.HEAD_CONFIG).is_file():
-            raise UnservableAdapterError(f"{path} has no prediction head ({serialization.HEAD_CONFIG}); the server "
+        if not (path / HEAD_CONFIG).is_file():
+            raise UnservableAdapterError(f"{path} has no prediction head ({HEAD_CONFIG}); the server "
                                          "answers with an adapter's head: save the adapter with its head")
-        head_type = serialization.read_json(path / serialization.HEAD_CONFIG).get("config", {}).get("head_type")
+        head_type = read_json(path / HEAD_CONFIG).get("config", {}).get("head_type")
         if head_type not in PREDICT_HEADS:
             raise UnservableAdapterError(f"{path} has a {head_type} head; the server answers with "
                                          f"{', '.join(PREDICT_HEADS)} heads")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Union
 
-from .errors import AdapterConfigError
+from ..errors import AdapterConfigError
 
 
 class Block(Sequence):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AdapterConfigError
+from ..errors import AdapterConfigError
 
 
 @dataclass(frozen=True)

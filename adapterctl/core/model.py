@@ -1,0 +1,745 @@
+"""``AdapterModel``: a transformers backbone plus named adapters (of any registered method),
+fusions and heads.
+
+The backbone sits under its own prefix (``self.bert``, ``self.model``, ...) and heads under
+``self.heads``, so the state-dict keys are AdapterHub's (``bert.encoder.layer.0.output.
+adapters.<name>...``, ``heads.<name>.1.weight``) and its files load without renaming. This
+class is a facade: methods place and run their modules (``methods/``), the family spec says
+where (``families/``), per-call setups live in ``context.py``, composition in ``composer.py``,
+training policy in ``training.py``, files in ``formats/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.utils import ModelOutput
+
+from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
+from ..families import family_of
+from ..formats import adapterhub
+from ..formats.files import assign
+from ..heads import PredictionHead, build_head
+from ..io import atomic_dir, recover
+from ..methods.adapterdrop import AdapterDrop
+from ..methods.base import Method
+from ..methods.fusion.config import FusionConfig, load_fusion_config
+from . import composition as C
+from . import registry
+from .backbone import load_pretrained
+from .composer import check_supported
+from .config import AdapterConfig, load_config
+from .context import AdapterContext, CallSetup
+from .summary import format_summary, summary_rows
+from .training import TrainingPolicy
+
+
+@dataclass
+class AdapterModelOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: Any = None  # a tensor, (start, end) for QA, or a list with one entry per Parallel head
+    hidden_states: torch.Tensor | None = None
+    head: Any = None  # the head name(s) the logits come from
+
+
+class AdapterModel(nn.Module):
+    """A backbone with adapters. Build with ``from_pretrained`` or wrap a loaded model; a model
+    with a task head (``*ForSequenceClassification``, ``*ForCausalLM``, ...) keeps it as the
+    active head named ``default``, as AdapterHub converts static heads."""
+
+    def __init__(self, model: PreTrainedModel, model_name: str | None = None):
+        super().__init__()
+        backbone = getattr(model, "base_model", model)
+        self.family = family_of(backbone)
+        self.base_model_prefix = backbone.base_model_prefix
+        self.add_module(self.base_model_prefix, backbone)
+        self.heads = nn.ModuleDict()
+        self.config = backbone.config
+        self.model_name = model_name or getattr(self.config, "_name_or_path", "") or ""
+        self.adapters_config: dict[str, AdapterConfig] = {}
+        self.fusions_config: dict[str, FusionConfig] = {}
+        self.context = AdapterContext()
+        self._methods: dict[str, Method] = {}
+        self._lm_shells: dict[str, PreTrainedModel] = {}  # generate(): *ForCausalLM around a causal_lm head
+        self._generation_config = getattr(model, "generation_config", None) if model is not backbone else None
+        attention = [layer.get_submodule(spec.attention) for _, spec, _, layer in self._layers()]
+        self._policy = TrainingPolicy(attention, backbone)
+        backbone.register_forward_pre_hook(self._begin_pass, with_kwargs=True)
+        backbone.register_forward_hook(self._end_pass, always_call=True)
+        for _, spec, idx, layer in self._layers():
+            layer.register_forward_pre_hook(self._parallel_rows_hook(idx, spec.layer_input), with_kwargs=True)
+        if model is not backbone:
+            self._keep_static_head(model)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs) -> "AdapterModel":
+        """Load a transformers checkpoint (a Hub id, a local folder or ``pkg://<package>/<folder>``)
+        and wrap it, with its head if it has one; transformers' keyword arguments pass through."""
+        return cls(load_pretrained(name_or_path, **kwargs), model_name=str(name_or_path))
+
+    @property
+    def backbone(self) -> PreTrainedModel:
+        return getattr(self, self.base_model_prefix)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size  # DistilBERT's config maps hidden_size to dim
+
+    def _layers(self):
+        """``(stack name, stack spec, layer index, layer)``; indices run on across stacks."""
+        idx = 0
+        for name, spec in self.family.stacks.items():
+            for layer in self.backbone.get_submodule(spec.path):
+                yield name, spec, idx, layer
+                idx += 1
+
+    def iter_layers(self):
+        """``(stack name, layer index, layer)`` for the methods that place modules in layers."""
+        return ((name, idx, layer) for name, _, idx, layer in self._layers())
+
+    def like_model(self, module: nn.Module) -> nn.Module:
+        """A new module on the backbone's device, in the model's train/eval mode."""
+        return module.to(next(self.backbone.parameters()).device).train(self.training)
+
+    # -- the pass in flight -----------------------------------------------------------------
+
+    def _begin_pass(self, backbone, args, kwargs):
+        rows = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+        self.context.begin(rows.shape[0] if torch.is_tensor(rows) else None, self.training)
+
+    def _end_pass(self, backbone, args, output):
+        self.context.end()
+
+    def _parallel_rows_hook(self, idx: int, layer_input: tuple[str, int]):
+        """A layer pre-hook for Parallel setups. Methods that act inside a layer (LoRA in
+        attention, bottleneck adapters at a pre-LN site) need the batch replicated at the layer's
+        entry; after a layer replicated it, the next ones get the B-row attention mask (and
+        other per-row inputs) repeated to N*B rows. (AdapterHub patches each model's attention
+        code for this; a hook keeps ours unpatched.)"""
+
+        def hook(layer, args, kwargs):
+            state = self.context.state
+            if state is None or state.setup is None or state.batch_size is None:
+                return None
+            channels = state.setup.parallel_channels
+            name, pos = layer_input
+            hidden = kwargs[name] if name in kwargs else args[pos]
+            rows = state.batch_size
+            if channels == 1 or (hidden.shape[0] == rows and not self._replicates_at_entry(idx, state)):
+                return None
+            copies = channels if hidden.shape[0] == rows else hidden.shape[0] // rows
+
+            def repeat(t):
+                if isinstance(t, tuple):
+                    return tuple(repeat(u) for u in t)
+                if torch.is_tensor(t) and t.dim() >= 2 and t.shape[0] == rows:
+                    return t.repeat(copies, *[1] * (t.dim() - 1))
+                return t
+
+            return tuple(repeat(a) for a in args), {k: repeat(v) for k, v in kwargs.items()}
+
+        return hook
+
+    def _replicates_at_entry(self, idx: int, state) -> bool:
+        return any(layer.layer_idx == idx and not layer.replicates_locally and layer.active_setup(state) is not None
+                   for method in self._methods.values() for layer in method.layers.values())
+
+    # -- adapters -------------------------------------------------------------------------
+
+    def _method(self, name: str) -> Method:
+        if name not in self._methods:
+            self._methods[name] = registry.methods()[name].method_class(self)
+        return self._methods[name]
+
+    def _method_of(self, adapter: str) -> Method:
+        return self._method(registry.method_for(self.adapters_config[adapter]).name)
+
+    def add_adapter(self, name: str, config: Any = "pfeiffer", overwrite_ok: bool = False, set_active: bool = False,
+                    **overrides) -> None:
+        """Add an adapter of any registered method at every place its config asks for.
+
+        ``config``: a preset name (``pfeiffer``, ``houlsby``, ``parallel``, ...), the string
+        form ``pfeiffer[reduction_factor=8]``, a dict, a config object or the path of an
+        ``adapter_config.json``; ``overrides`` replace its fields.
+        """
+        config = load_config(config, **overrides)
+        if not name or not isinstance(name, str) or any(ch in name for ch in ",.[]|"):
+            raise AdapterConfigError(f"invalid adapter name {name!r}; use letters, digits, '_' or '-'")
+        if name in self.adapters_config:
+            if not overwrite_ok:
+                raise AdapterConfigError(
+                    f"an adapter named {name!r} already exists; pick another name, delete_adapter({name!r}) "
+                    "first, or pass overwrite_ok=True"
+                )
+            self.delete_adapter(name)
+        method = self._method(registry.method_for(config).name)
+        try:
+            method.add(name, config)
+        except BaseException:
+            method.delete(name)
+            raise
+        self.adapters_config[name] = config
+        if set_active:
+            self.set_active_adapters(name)
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self.adapters_config
+
+    def delete_adapter(self, name: str) -> None:
+        self._require_adapter(name)
+        self._method_of(name).delete(name)
+        del self.adapters_config[name]
+        for fusion in [f for f in self.fusions_config if name in f.split(",")]:
+            self.delete_fusion(fusion)
+        default = self.context.default
+        if default.setup is not None and name in default.setup.flatten():
+            self.context.default = replace(default, setup=None)
+
+    def _require_adapter(self, name: str) -> None:
+        if name not in self.adapters_config:
+            known = ", ".join(self.adapters_config) or "none"
+            raise AdapterNotFoundError(f"no adapter named {name!r} (adapters: {known}); add or load it first")
+
+    def adapter_modules(self, name: str) -> list[nn.Module]:
+        """Every module of an adapter: what trains, counts and is saved."""
+        self._require_adapter(name)
+        return self._method_of(name).modules(name)
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold an adapter into the backbone's weights (LoRA, IA3): the same outputs with no
+        adapter work left in the forward pass. ``reset_adapter`` undoes it."""
+        self._require_adapter(name)
+        method = self._method_of(name)
+        if not method.can_merge:
+            can = [n for n, spec in registry.methods().items() if spec.method_class.can_merge]
+            raise AdapterConfigError(
+                f"{name!r} is a {method.name} adapter, which cannot be merged into the backbone's weights; "
+                f"methods that can: {', '.join(can)}"
+            )
+        method.merge(name)
+
+    def reset_adapter(self) -> None:
+        """Undo ``merge_adapter``."""
+        for method in self._methods.values():
+            if method.can_merge:
+                method.reset()
+
+    # -- fusion ---------------------------------------------------------------------------
+
+    def add_fusion(self, adapters, config: Any = "dynamic", name: str | None = None, overwrite_ok: bool = False,
+                   set_active: bool = False) -> str:
+        """Add an AdapterFusion layer over existing bottleneck adapters; returns its name (``a,b,c``)."""
+        fuse = adapters if isinstance(adapters, C.Fuse) else C.Fuse(*adapters, name=name)
+        names = fuse.flatten()
+        for n in names:
+            self._require_adapter(n)
+        check_supported(fuse, self._method_of)
+        if len({self.adapters_config[n].mh_adapter for n in names}) > 1:
+            raise AdapterConfigError(
+                f"cannot fuse {names}: they are placed at different sites (mh_adapter differs); "
+                "fuse adapters of the same architecture"
+            )
+        config = load_fusion_config(config)
+        if fuse.name in self.fusions_config and not overwrite_ok:
+            raise AdapterConfigError(f"a fusion named {fuse.name!r} already exists; pass overwrite_ok=True to replace it")
+        dropout = config.dropout_prob
+        if dropout is None:
+            dropout = getattr(self.config, "attention_probs_dropout_prob", getattr(self.config, "attention_dropout", 0.0))
+        self._method("bottleneck").add_fusion(fuse.name, names, config, dropout)
+        self.fusions_config[fuse.name] = config
+        if set_active:
+            self.set_active_adapters(fuse)
+        return fuse.name
+
+    def delete_fusion(self, name) -> None:
+        name = self._require_fusion(name)
+        self._method("bottleneck").delete_fusion(name)
+        del self.fusions_config[name]
+
+    def _require_fusion(self, name) -> str:
+        name = name if isinstance(name, str) else C.Fuse(*name).name
+        if name not in self.fusions_config:
+            raise AdapterNotFoundError(f"no fusion named {name!r} (fusions: {', '.join(self.fusions_config) or 'none'})")
+        return name
+
+    def fusion_modules(self, name: str) -> list[nn.Module]:
+        return self._method("bottleneck").fusion_modules(self._require_fusion(name))
+
+    def fusion_regularization_loss(self) -> torch.Tensor | None:
+        """Sum of the value-matrix regularization of every trainable fusion layer."""
+        losses = [
+            loss
+            for name in self.fusions_config
+            for fusion in self.fusion_modules(name)
+            if fusion.config.value and fusion.value.weight.requires_grad
+            for loss in [fusion.regularization_loss()]
+            if loss is not None
+        ]
+        return torch.stack(losses).sum() if losses else None
+
+    def active_fusions(self) -> list[str]:
+        return _fusions_in(self.active_setup)
+
+    # -- heads ----------------------------------------------------------------------------
+
+    def add_head(self, name: str, head_type: str = "classification", overwrite_ok: bool = False,
+                 set_active: bool = True, **config) -> PredictionHead:
+        """Add a prediction head: classification, regression, multilabel_classification, tagging,
+        multiple_choice, question_answering or causal_lm. ``id2label`` names the labels. On a
+        decoder, sequence-level heads read the last non-padding token."""
+        if name in self.heads and not overwrite_ok:
+            raise AdapterConfigError(f"a head named {name!r} already exists; pass overwrite_ok=True to replace it")
+        dropout = getattr(self.config, "classifier_dropout", None)
+        if dropout is None:
+            dropout = getattr(self.config, "hidden_dropout_prob", getattr(self.config, "dropout", 0.0))
+        head = build_head(name, head_type, self.config, dropout, pool_last=self.family.kind == "decoder", **config)
+        self.heads[name] = self.like_model(head)
+        if set_active:
+            self.active_head = name
+        return head
+
+    def add_classification_head(self, name: str, num_labels: int = 2, **config) -> PredictionHead:
+        return self.add_head(name, "classification", num_labels=num_labels, **config)
+
+    def delete_head(self, name: str) -> None:
+        if name not in self.heads:
+            raise AdapterNotFoundError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
+        del self.heads[name]
+        if self.active_head == name:
+            self.active_head = None
+
+    def _keep_static_head(self, model: PreTrainedModel) -> None:
+        """A checkpoint's task head becomes our head ``default`` (its weights shared, not copied)."""
+        spec = self.family.static_head(type(model).__name__)
+        if spec is None:
+            return
+        config = dict(spec.config)
+        head_type = config.pop("head_type")
+        if head_type == "classification" and getattr(self.config, "problem_type", None) == "multi_label_classification":
+            head_type = "multilabel_classification"
+        if head_type in ("classification", "multilabel_classification", "tagging"):
+            config.update(num_labels=self.config.num_labels, id2label=dict(self.config.id2label))
+        head = self.add_head("default", head_type, **config)
+        for ours, theirs in zip(head, spec.layers):
+            if theirs is not None:
+                source = model.get_submodule(theirs)
+                ours.weight = source.weight
+                if source.bias is not None:
+                    ours.bias = source.bias
+
+    @property
+    def active_head(self):
+        return self.context.default.head
+
+    @active_head.setter
+    def active_head(self, head) -> None:
+        self.context.default = replace(self.context.default, head=head)
+
+    # -- activation and training ----------------------------------------------------------
+
+    def _checked_setup(self, setup) -> C.Block | None:
+        block = C.parse_setup(setup)
+        if block is not None:
+            for name in block.flatten():
+                self._require_adapter(name)
+            self._check_fusions(block)
+            check_supported(block, self._method_of)
+        return block
+
+    def set_active_adapters(self, setup, skip_layers=None) -> None:
+        """The default setup: a name, a list (stack), a nested list (fusion) or a block; ``None``
+        deactivates. ``skip_layers`` (AdapterDrop) lists layers whose adapters are skipped.
+        The head named like the setup's last adapter (or each Parallel child's) becomes active."""
+        block = self._checked_setup(setup)
+        head = self._heads_for(block)
+        default = self.context.default
+        self.context.default = CallSetup(
+            block, head if head is not None else default.head,
+            frozenset(skip_layers) if skip_layers is not None else default.skip_layers,
+        )
+
+    @contextlib.contextmanager
+    def adapter_setup(self, setup, head=None, skip_layers=()):
+        """Run the calls inside the block with this setup (and head) instead of the default, in
+        this thread only: ``with model.adapter_setup(Stack("a", "b"), head="b"): model(**batch)``.
+        ``head=None``: the head named like the setup's last adapter, else the default head."""
+        block = self._checked_setup(setup)
+        if head is None:
+            head = self._heads_for(block)
+        call = CallSetup(block, head if head is not None else self.active_head, frozenset(skip_layers))
+        with self.context.using(call):
+            yield
+
+    def _heads_for(self, block):
+        """AdapterHub's rule (the head named like the last adapter; one per Parallel child), if
+        those heads exist."""
+        head = _heads_of(block) if block is not None else None
+        if isinstance(head, list) and all(h in self.heads for h in head):
+            return head
+        return head if isinstance(head, str) and head in self.heads else None
+
+    def set_adapter_drop(self, max_layer: int | None, p: float = 1.0) -> None:
+        """Robust AdapterDrop in training (see ``methods/adapterdrop.py``); ``None`` turns it off."""
+        layers = sum(1 for _ in self._layers())
+        if max_layer is not None and max_layer > layers:
+            raise AdapterConfigError(f"adapter_drop.max_layer={max_layer}, but the model has {layers} layers; use at most that")
+        self.context.adapter_drop = AdapterDrop(max_layer, p) if max_layer is not None else None
+
+    @property
+    def adapter_drop(self) -> AdapterDrop | None:
+        return self.context.adapter_drop
+
+    def _check_fusions(self, block) -> None:
+        for name in _fusions_in(block):
+            if name not in self.fusions_config:
+                fuse = next(b for b in _blocks_in(block) if isinstance(b, C.Fuse) and b.name == name)
+                raise AdapterNotFoundError(f"no fusion layer {name!r}; add it first with add_fusion({fuse.flatten()})")
+
+    @property
+    def active_setup(self) -> C.Block | None:
+        return self.context.default.setup
+
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every weight; an unfrozen backbone trains with its own dropout."""
+        if freeze:
+            self.requires_grad_(False)
+        else:
+            self._policy.unfreeze(self)
+
+    def train_adapter(self, setup, train_head: bool = True, backbone_dropout: str = "none") -> None:
+        """Freeze everything but the named adapter(s) and their head(s), activate them, and switch
+        to training mode. ``backbone_dropout`` (none, hidden, all): see ``core/training.py``."""
+        block = self._activate_for_training(setup)
+        self._train_only([m for name in block.flatten() for m in self.adapter_modules(name)], train_head,
+                         backbone_dropout)
+
+    def train_fusion(self, setup, train_head: bool = True, backbone_dropout: str = "none") -> None:
+        """Freeze everything but the fusion layer(s) of the setup and the head
+        (``backbone_dropout`` as in ``train_adapter``)."""
+        block = self._activate_for_training(setup)
+        fusions = _fusions_in(block)
+        if not fusions:
+            raise AdapterConfigError(f"{block!r} has no Fuse block; train_fusion needs one (e.g. [['a', 'b', 'c']])")
+        self._train_only([m for name in fusions for m in self.fusion_modules(name)], train_head, backbone_dropout)
+
+    def _activate_for_training(self, setup) -> C.Block:
+        self.set_active_adapters(setup)
+        for method in self._methods.values():
+            if method.merged():
+                raise AdapterConfigError(
+                    f"{method.name} adapters are merged into the weights ({', '.join(method.merged())}); "
+                    "call reset_adapter() before training"
+                )
+        return self.active_setup
+
+    def _train_only(self, modules: list[nn.Module], train_head: bool, backbone_dropout: str) -> None:
+        if train_head:
+            heads = self.active_head if isinstance(self.active_head, list) else [self.active_head]
+            modules += [self.heads[h] for h in heads if h is not None and h in self.heads]
+        self._policy.freeze_all_but(self, modules, backbone_dropout)
+        self.train()
+
+    def train(self, mode: bool = True) -> "AdapterModel":
+        """``nn.Module.train``, then the frozen backbone's dropout as ``backbone_dropout`` says."""
+        super().train(mode)
+        self._policy.after_train(mode)
+        return self
+
+    @property
+    def backbone_dropout(self) -> str:
+        return self._policy.backbone_dropout
+
+    # -- forward --------------------------------------------------------------------------
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, head=None,
+                inputs_embeds=None, start_positions=None, end_positions=None, adapter_setup=None,
+                **kwargs) -> AdapterModelOutput:
+        """The backbone with the default setup (or ``adapter_setup``, for this call only), then
+        the active head (or ``head``)."""
+        if adapter_setup is not None:
+            with self.adapter_setup(adapter_setup, head=head):
+                return self.forward(input_ids, attention_mask, token_type_ids, labels, None, inputs_embeds,
+                                    start_positions, end_positions, **kwargs)
+        rows = input_ids if input_ids is not None else inputs_embeds
+        multiple_choice = rows is not None and rows.dim() == (3 if input_ids is not None else 4)
+        if multiple_choice:  # (batch, choices, seq) -> (batch * choices, seq)
+            flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None else None  # noqa: E731
+            input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
+            rows = input_ids
+        backbone_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        if token_type_ids is not None:
+            backbone_kwargs["token_type_ids"] = token_type_ids
+        outputs = self.backbone(**backbone_kwargs)
+        hidden = outputs[0]
+        pooled = getattr(outputs, "pooler_output", None)
+        head = head if head is not None else self.context.call.head
+        if head is None:
+            return AdapterModelOutput(hidden_states=hidden)
+        label_kw = dict(labels=labels, start_positions=start_positions, end_positions=end_positions)
+        if isinstance(head, list):  # Parallel: each head on its copy of the batch
+            b = rows.shape[0]
+            if hidden.shape[0] == b:
+                chunks = [(hidden, pooled)] * len(head)
+            else:
+                chunks = [
+                    (hidden[i * b:(i + 1) * b], pooled[i * b:(i + 1) * b] if pooled is not None else None)
+                    for i in range(len(head))
+                ]
+            outs = [self._head(h, hs, ps, attention_mask, label_kw) for h, (hs, ps) in zip(head, chunks)]
+            losses = [o.loss for o in outs if o.loss is not None]
+            return AdapterModelOutput(
+                loss=torch.stack(losses).sum() if losses else None, logits=[o.logits for o in outs],
+                hidden_states=hidden, head=head,
+            )
+        out = self._head(head, hidden, pooled, attention_mask, label_kw)
+        return AdapterModelOutput(loss=out.loss, logits=out.logits, hidden_states=hidden, head=head)
+
+    def _head(self, name, hidden, pooled, attention_mask, label_kw):
+        if name not in self.heads:
+            raise AdapterNotFoundError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
+        return self.heads[name](hidden, pooled, attention_mask=attention_mask, **label_kw)
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(self, *args, **kwargs):
+        """transformers' ``generate`` (greedy, sampling, beam search, KV cache) with the setup in
+        force and the active ``causal_lm`` head. It runs a transformers ``*ForCausalLM`` made of
+        our backbone and that head, so generation is transformers' own forward and loop."""
+        return self._causal_lm(self.context.call.head).generate(*args, **kwargs)
+
+    def _causal_lm(self, head) -> PreTrainedModel:
+        if (not isinstance(head, str) or head not in self.heads or self.heads[head].config["head_type"] != "causal_lm"
+                or len(self.heads[head]) != 1):
+            raise AdapterConfigError(
+                f"generate() needs an active one-layer causal_lm head, and the active head is {head!r}; load a "
+                "*ForCausalLM checkpoint (its head becomes 'default') or add_head(<name>, 'causal_lm')"
+            )
+        linear, lm = self.heads[head][0], self._lm_shells.get(head)
+        if lm is None or lm.lm_head is not linear:
+            with torch.device("meta"):  # every module of it is replaced by ours
+                lm = MODEL_FOR_CAUSAL_LM_MAPPING[type(self.config)](self.config)
+            setattr(lm, self.base_model_prefix, self.backbone)
+            lm.lm_head = linear
+            lm.generation_config = self._generation_config or GenerationConfig.from_model_config(self.config)
+            lm.training = False  # the shell only; the backbone's mode stays ours
+            self._lm_shells[head] = lm
+        return lm
+
+    # -- save and load --------------------------------------------------------------------
+
+    def _backbone_info(self) -> dict:
+        """What a saved file records about the backbone (AdapterHub's envelope fields)."""
+        cls = type(self.backbone).__name__
+        return {
+            "hidden_size": self.hidden_size,
+            "model_class": cls[: -len("Model")] + "AdapterModel" if cls.endswith("Model") else cls,
+            "model_name": self.model_name,
+            "model_type": self.config.model_type,
+        }
+
+    def _state_of(self, modules: list[nn.Module], keep_vars: bool = False) -> dict:
+        """The model's state-dict entries of ``modules`` (AdapterHub's keys)."""
+        wanted = {id(m) for m in modules}
+        return {f"{prefix}.{key}": value
+                for prefix, module in self.named_modules() if id(module) in wanted
+                for key, value in module.state_dict(keep_vars=keep_vars).items()}
+
+    def _head_state(self, name: str, keep_vars: bool = False) -> dict:
+        return self._state_of([self.heads[name]], keep_vars)
+
+    def save_adapter(self, directory, name: str, with_head: bool = True, overwrite: bool = False,
+                     metadata: dict | None = None) -> Path:
+        """Write ``adapter_config.json`` + ``adapter.safetensors`` (and the head of the same
+        name) to ``directory``, atomically; an existing folder is kept unless ``overwrite``."""
+        self._require_adapter(name)
+        env = adapterhub.envelope(self._backbone_info(), name, self.adapters_config[name].to_file_dict())
+        if metadata:
+            env["adapterctl"] = metadata
+        with atomic_dir(directory, overwrite) as tmp:
+            adapterhub.write_adapter(tmp, env, self._state_of(self.adapter_modules(name)))
+            if with_head and name in self.heads:
+                self.write_head(tmp, name)
+        return Path(directory)
+
+    def write_head(self, folder, name: str) -> None:
+        """The head ``name`` into an existing ``folder`` (beside an adapter or a full model)."""
+        env = adapterhub.envelope(self._backbone_info(), name, self.heads[name].config)
+        adapterhub.write_head(Path(folder), env, self._head_state(name))
+
+    def _resolve(self, source) -> Path:
+        """A local folder, or a Hub identifier resolved (and downloaded) by ``adapterctl.hub``
+        among the adapters that fit this backbone."""
+        path = recover(Path(source))  # an overwrite killed between its renames: the previous folder comes back
+        if path.is_dir():
+            return path
+        if path.exists():
+            raise AdapterConfigError(f"{path} is a file; give the folder that holds {adapterhub.ADAPTER_CONFIG}")
+        from .. import hub  # only when a name is not a local folder
+
+        return hub.resolve(str(source), model=self)
+
+    def load_adapter(self, source, load_as: str | None = None, with_head: bool = True, set_active: bool = False,
+                     labels=None, overwrite_ok: bool = False) -> str:
+        """Load an adapter folder (ours or AdapterHub's, of any registered method) or a Hub
+        identifier; returns its name. ``labels``: the label names the task expects; a head whose
+        labels differ is refused."""
+        path = self._resolve(source)
+        env, tensors = adapterhub.read_adapter(path)
+        adapterhub.check_backbone(self._backbone_info(), env, path)
+        config = load_config(env.get("config", env))
+        old = env.get("name") or path.name
+        name = load_as or old
+        head = None
+        if with_head and adapterhub.has_head(path):
+            head = adapterhub.read_head(path)
+            adapterhub.check_backbone(self._backbone_info(), head[0], path)
+            adapterhub.check_labels(head[0], labels, path)
+        if overwrite_ok and (name in self.adapters_config or name in self.heads):
+            # Replacing drops the old adapter (and the fusions over it): prove the folder loads first.
+            scratch = f"{name}-check"
+            try:
+                self._load_adapter_as(scratch, config, tensors, old, head, path, overwrite_ok=False)
+            except AdapterError as error:  # its keys named as the adapter's own
+                raise type(error)(str(error).replace(f".{scratch}.", f".{name}.")) from None
+            self.delete_adapter(scratch)
+            if scratch in self.heads:
+                self.delete_head(scratch)
+        self._load_adapter_as(name, config, tensors, old, head, path, overwrite_ok)
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+    def _load_adapter_as(self, name, config, tensors, old, head, path, overwrite_ok) -> None:
+        self.add_adapter(name, config, overwrite_ok=overwrite_ok)
+        try:
+            expected = self._state_of(self.adapter_modules(name), keep_vars=True)
+            containers = self._method_of(name).containers
+            assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name, containers),
+                   expected, path)
+            if head is not None:
+                self._load_head_as(name, *head, old, path, overwrite_ok)
+        except BaseException:
+            self.delete_adapter(name)
+            raise
+
+    def load_head(self, directory, load_as: str | None = None, labels=None, overwrite_ok: bool = False) -> str:
+        """Load the head in a folder (beside an adapter or a full model); returns its name."""
+        path = Path(directory)
+        env, tensors = adapterhub.read_head(path)
+        adapterhub.check_backbone(self._backbone_info(), env, path)
+        adapterhub.check_labels(env, labels, path)
+        old = env.get("name") or path.name
+        self._load_head_as(load_as or old, env, tensors, old, path, overwrite_ok)
+        return load_as or old
+
+    def _load_head_as(self, name, env, tensors, old, path, overwrite_ok) -> None:
+        config = dict(env["config"])
+        head_type = config.pop("head_type")
+        label2id = config.pop("label2id", None)
+        if label2id:
+            config["id2label"] = {int(i): label for label, i in label2id.items()}
+        if name in self.heads and not overwrite_ok:
+            raise AdapterConfigError(f"a head named {name!r} already exists; pass overwrite_ok=True or load_as=...")
+        self.add_head(name, head_type, overwrite_ok=True, **config)
+        try:
+            expected = self._head_state(name, keep_vars=True)
+            own = {k: v for k, v in tensors.items() if k.startswith(f"heads.{old}.")}
+            assign(adapterhub.to_model_keys(own, expected, "", old, name, ("heads",)), expected, path)
+        except BaseException:
+            self.delete_head(name)
+            raise
+
+    def save_fusion(self, directory, name, with_head: bool = True, overwrite: bool = False) -> Path:
+        name = self._require_fusion(name)
+        env = adapterhub.envelope(self._backbone_info(), name, self.fusions_config[name].to_dict())
+        with atomic_dir(directory, overwrite) as tmp:
+            adapterhub.write_fusion(tmp, env, self._state_of(self.fusion_modules(name)))
+            if with_head and name in self.heads:
+                self.write_head(tmp, name)
+        return Path(directory)
+
+    def load_fusion(self, directory, load_as: str | None = None, with_head: bool = True, set_active: bool = False,
+                    overwrite_ok: bool = False) -> str:
+        """Load a fusion folder; the adapters it fuses must be loaded already."""
+        path = Path(directory)
+        env, tensors = adapterhub.read_fusion(path)
+        adapterhub.check_backbone(self._backbone_info(), env, path)
+        old = env.get("name") or path.name
+        name = load_as or old
+        self.add_fusion(name.split(","), load_fusion_config(env["config"]), overwrite_ok=overwrite_ok)
+        try:
+            expected = self._state_of(self.fusion_modules(name), keep_vars=True)
+            assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name,
+                                            ("adapter_fusion_layer",)), expected, path)
+            if with_head and adapterhub.has_head(path):
+                self._load_head_as(name, *adapterhub.read_head(path), old, path, overwrite_ok)
+        except BaseException:
+            self.delete_fusion(name)
+            raise
+        if set_active:
+            self.set_active_adapters(C.Fuse(*name.split(",")))
+        return name
+
+    def save_adapter_setup(self, directory, setup=None, overwrite: bool = False) -> Path:
+        """Save a whole setup (the active one by default) as AdapterHub does: ``adapter_setup.json``
+        plus one folder per adapter and per fusion, heads beside them."""
+        block = self._checked_setup(setup) if setup is not None else self.active_setup
+        if block is None:
+            raise AdapterConfigError("no adapter setup to save; pass one or activate one with set_active_adapters")
+        head_setup = _heads_of(block) if setup is not None else self.active_head
+        with atomic_dir(directory, overwrite) as tmp:
+            adapterhub.write_setup(tmp, block, head_setup)
+            for name in block.flatten():
+                self.save_adapter(tmp / name, name)
+            for name in _fusions_in(block):
+                self.save_fusion(tmp / name, name)
+        return Path(directory)
+
+    def load_adapter_setup(self, directory, set_active: bool = False):
+        """Load what ``save_adapter_setup`` wrote; returns ``(setup, head_setup)``."""
+        block, head_setup = adapterhub.read_setup(Path(directory))
+        C.validate(block)
+        for name in block.flatten():
+            self.load_adapter(Path(directory) / name)
+        for name in _fusions_in(block):
+            self.load_fusion(Path(directory) / name)
+        if set_active:
+            self.set_active_adapters(block)
+        return block, head_setup
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def adapter_summary(self, as_dict: bool = False):
+        """Name, method, parameters, % of the backbone, active and trainable, per adapter, fusion and head."""
+        rows, backbone = summary_rows(self)
+        return rows if as_dict else format_summary(rows, self.config.model_type, backbone)
+
+
+def _heads_of(block: C.Block):
+    """AdapterHub's rule: the head named like the last adapter; one per child for Parallel."""
+    final = block.children[-1] if isinstance(block, C.Stack) else block
+    if isinstance(final, str):
+        return final
+    if isinstance(final, C.Parallel):
+        return [c if isinstance(c, str) else c.last() for c in final.children]
+    if isinstance(final, C.Fuse):
+        return final.name
+    return None
+
+
+def _blocks_in(block):
+    if isinstance(block, C.Block):
+        yield block
+        for child in block.children:
+            yield from _blocks_in(child)
+
+
+def _fusions_in(block) -> list[str]:
+    return [b.name for b in _blocks_in(block) if isinstance(b, C.Fuse)]

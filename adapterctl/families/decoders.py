@@ -1,0 +1,37 @@
+"""Decoder families: Llama and its kin with the same layout (pre-LN: each sub-layer's input is
+normalized, and its output is added to the residual inline, ``x + h``)."""
+
+from __future__ import annotations
+
+from .spec import PRE_LN, Family, LayerStack, ResidualSite, StaticHead
+
+LLAMA = Family(
+    kind="decoder",
+    embeddings="embed_tokens",
+    stacks={"decoder": LayerStack(
+        path="layers",
+        attention="self_attn",
+        # AdapterHub's Llama mixin: attention_adapters after self-attention, output_adapters
+        # after the MLP, each given the sub-layer output and the residual, no LayerNorm.
+        sites={
+            "mh_adapter": ResidualSite(PRE_LN, output="self_attn", residual="input_layernorm",
+                                       residual_arg=("hidden_states", 0), container="attention_adapters"),
+            "output_adapter": ResidualSite(PRE_LN, output="mlp", residual="post_attention_layernorm",
+                                           residual_arg=("hidden_states", 0), container="output_adapters"),
+        },
+        # AdapterHub's Llama mixin wraps mlp.down_proj as "intermediate" and mlp.up_proj as
+        # "output" (the reverse of its BERT naming); its saved LoRA weights sit there.
+        projections={"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                     "o": "self_attn.o_proj", "intermediate": "mlp.down_proj", "output": "mlp.up_proj"},
+    )},
+    static_heads={
+        "ForCausalLM": StaticHead({"head_type": "causal_lm"}, ("lm_head",)),
+        "ForSequenceClassification": StaticHead(
+            {"head_type": "classification", "layers": 1, "dropout_prob": 0, "activation_function": None,
+             "bias": False}, (None, "score")),
+        "ForTokenClassification": StaticHead({"head_type": "tagging", "layers": 1, "activation_function": None},
+                                             (None, "score")),
+    },
+)
+
+FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA}

@@ -1,0 +1,106 @@
+"""What a method implements: its modules at each place of a layer (``ComposableLayer``) and the
+glue that puts them into a model (``Method``).
+
+A new method is a folder ``methods/<name>/`` with ``config.py`` (a frozen ``AdapterConfig``
+dataclass with AdapterHub's fields, torch-free), ``layer.py`` (its modules and a
+``ComposableLayer`` that runs them at one place: a residual site, a projection, the
+embeddings, ...), ``model.py`` (a ``Method``: where the places are, from the family spec) and
+``__init__.py`` (``register_method``). The composer (``core/composer.py``) runs every
+composition block over the layer's operations, so a method writes those, not the blocks.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..core.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from ..core.context import AdapterContext, ForwardState
+
+ALL_BLOCKS = (Stack, Fuse, Split, Parallel, BatchSplit, Average)
+
+
+class ComposableLayer(nn.Module):
+    """One method's adapters at one place of one transformer layer, and the operations the
+    composer runs on the state flowing through them (a ``NamedTuple`` of the method's choice)."""
+
+    container: ClassVar[str] = "adapters"  # the ModuleDict's name: the key segment before an adapter's name
+    replicates_locally: ClassVar[bool] = False  # can repeat a Parallel batch here (else the layer's entry does)
+
+    def __init__(self, layer_idx: int, context: AdapterContext):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.context = context
+        self.add_module(self.container, nn.ModuleDict())
+
+    @property
+    def adapter_modules(self) -> nn.ModuleDict:
+        return getattr(self, self.container)
+
+    def active_setup(self, state: ForwardState | None):
+        """The setup this pass runs here, or ``None`` (no pass, a skipped layer, none of ours)."""
+        return state.setup_at(self.layer_idx, self.adapter_modules.keys()) if state is not None else None
+
+    # -- the composer's operations (AdapterHub's ComposableAdapterLayerBase) ---------------
+
+    def pre_block(self, setup, state):
+        """The step before a block or an adapter of a Stack; none by default."""
+        return state
+
+    def compose_single(self, name: str, state):
+        raise NotImplementedError
+
+    def size(self, state, dim: int) -> int:
+        return state[0].shape[dim]
+
+    def narrow(self, state, dim: int, start: int, length: int):
+        """Rows (dim 0) or positions (dim 1) ``start:start + length`` of every tensor in the state."""
+        return type(state)(*(t.narrow(dim, start, length) if torch.is_tensor(t) else t for t in state))
+
+    def concat(self, states: list, dim: int):
+        raise NotImplementedError
+
+    def mean(self, state, children: list, weights: list[float]):
+        raise NotImplementedError
+
+
+class Method:
+    """One adapter method in one model: places its modules where the family spec says, finds
+    them again and removes them. Made on first use, one per model; ``host`` is the model."""
+
+    name: ClassVar[str]
+    supported_blocks: ClassVar[tuple[type, ...]] = ALL_BLOCKS
+    containers: ClassVar[tuple[str, ...]] = ("adapters",)  # key segments before an adapter's name
+    can_merge: ClassVar[bool] = False
+
+    def __init__(self, host):
+        self.host = host
+        self.layers: dict[tuple, ComposableLayer] = {}  # (stack, layer index, place) -> layer
+
+    def add(self, name: str, config) -> None:
+        """Create the adapter's modules at every place its config asks for."""
+        raise NotImplementedError
+
+    def delete(self, name: str) -> None:
+        for layer in self.layers.values():
+            if name in layer.adapter_modules:
+                del layer.adapter_modules[name]
+
+    def modules(self, name: str) -> list[nn.Module]:
+        """Every module of one adapter (its parameters are what trains, counts and is saved)."""
+        return [layer.adapter_modules[name] for _, layer in sorted(self.layers.items())
+                if name in layer.adapter_modules]
+
+    def merge(self, name: str) -> None:
+        """Fold the adapter into the backbone's weights (methods with ``can_merge``)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Undo ``merge``."""
+        raise NotImplementedError
+
+    def merged(self) -> list[str]:
+        """The adapters merged into the weights now."""
+        return []

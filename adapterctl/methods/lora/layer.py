@@ -1,0 +1,216 @@
+"""LoRA and (IA)^3 modules, and the layer that runs them after one projection.
+
+Weight names and the composition semantics are AdapterHub's (``methods/lora.py`` of
+``adapters`` 1.3): ``<projection>.loras.<name>.lora_A`` (r x in) and ``.lora_B`` (out x r) for
+LoRA, ``.lora_B`` (out x 1) for IA3. Through a composition flows ``hidden``: the first adapter
+reads the projection's input ``x`` (LoRA: ``alpha / r * B A x``; IA3: ``alpha * b``), a stacked
+one reads the previous one's ``hidden``, and at the end the last adapter combines it with the
+projection's output (add, or multiply for IA3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...core import composer
+from ...core.composition import Stack
+from ...errors import AdapterConfigError
+from ...families.hooks import attach_projection
+from ..base import ComposableLayer
+from .config import LoRAConfig
+
+
+class LoRA(nn.Module):
+    """A low-rank update ``alpha / r * B A``; B starts at zero (``init_weights="lora"``)."""
+
+    def __init__(self, config: LoRAConfig, in_features: int, out_features: int):
+        super().__init__()
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        self.lora_A = nn.Parameter(torch.zeros(config.r, in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, config.r, dtype=dtype))
+        self.scaling = config.alpha / config.r
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        self.gate = _gate(config, in_features)
+        generator = torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
+        with torch.no_grad():
+            if config.init_weights == "lora":
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
+            elif config.init_weights == "bert":
+                for p in (self.lora_A, self.lora_B):
+                    p.normal_(0.0, 0.02, generator=generator)
+            elif config.init_weights == "ia3":
+                for p in (self.lora_A, self.lora_B):
+                    p.fill_(1.0)
+            else:  # vera
+                for p in (self.lora_A, self.lora_B):
+                    nn.init.kaiming_uniform_(p, generator=generator)
+
+    @property
+    def delta_w(self) -> torch.Tensor:
+        return self.lora_B @ self.lora_A
+
+    def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
+        x = layer_input if hidden is None else hidden
+        out = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
+
+    def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return output + hidden
+
+    def merge_into(self, linear: nn.Linear, sign: int) -> None:
+        linear.weight += sign * self.scaling * self.delta_w.to(linear.weight.dtype)
+
+
+class IA3(nn.Module):
+    """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one."""
+
+    def __init__(self, config: LoRAConfig, in_features: int, out_features: int):
+        super().__init__()
+        self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+        self.scaling = config.alpha
+        self.gate = _gate(config, in_features)
+        generator = torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
+        with torch.no_grad():
+            if config.init_weights == "ia3":
+                self.lora_B.fill_(1.0)
+            elif config.init_weights == "bert":
+                self.lora_B.normal_(0.0, 0.02, generator=generator)
+            # "lora" leaves it at zero, as AdapterHub does
+
+    def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
+        vector = self.lora_B.view(1, 1, -1).expand(layer_input.shape[0], 1, -1)
+        out = vector if hidden is None else hidden * vector
+        return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
+
+    def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return output * hidden
+
+    def merge_into(self, linear: nn.Linear, sign: int) -> None:
+        """Scale the weight's rows and the bias: the whole output is scaled (AdapterHub leaves the
+        bias unscaled, so its merged outputs differ from its unmerged ones)."""
+        factor = (self.lora_B.view(-1) * self.scaling).to(linear.weight.dtype)
+        factor = factor if sign > 0 else 1.0 / factor
+        linear.weight *= factor[:, None]
+        if linear.bias is not None:
+            linear.bias *= factor
+
+
+def _gate(config: LoRAConfig, in_features: int) -> nn.Linear | None:
+    """AdapterHub's gating (UniPELT): a learned sigmoid gate per sequence in place of the scaling."""
+    if not config.use_gating:
+        return None
+    gate = nn.Linear(in_features, 1)
+    nn.init.normal_(gate.weight, std=0.02)
+    return gate
+
+
+def _gate_value(gate: nn.Linear, layer_input: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(gate(layer_input)).mean(dim=1).unsqueeze(-1)
+
+
+def build(config: LoRAConfig, in_features: int, out_features: int) -> LoRA | IA3:
+    cls = IA3 if config.composition_mode == "scale" else LoRA
+    return cls(config, in_features, out_features)
+
+
+class LoRAState(NamedTuple):
+    """What flows through a composition at one projection (AdapterHub's ``LoRAState``)."""
+
+    layer_input: torch.Tensor
+    hidden: torch.Tensor | None  # None until the first adapter ran
+    layer_output: torch.Tensor
+    last: str | None
+
+
+class LoRALayer(ComposableLayer):
+    """The LoRA and IA3 adapters of one projection. Their ``loras`` ModuleDict is registered on
+    the projection itself (AdapterHub's keys); a forward hook runs them after it, and merging
+    folds the merged adapter into its weight and removes the hook."""
+
+    container = "loras"
+
+    def __init__(self, layer_idx: int, context, linear: nn.Linear):
+        super().__init__(layer_idx, context)
+        # A plain attribute, not a submodule: the projection belongs to the backbone.
+        object.__setattr__(self, "linear", linear)
+        linear.add_module("loras", self.loras)
+        self.merged: str | None = None
+        self._handle = attach_projection(linear, context, self.after_projection)
+
+    def after_projection(self, state, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        setup = self.active_setup(state)
+        if setup is None:
+            return None
+        if isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str):
+            return self._single(self.loras[setup[0]], x, out)
+        final = composer.compose(self, setup, LoRAState(x, None, out, None))
+        return self.loras[final.last].combine(out, final.hidden) if final.last is not None else None
+
+    @staticmethod
+    def _single(lora: LoRA | IA3, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """One adapter alone, in fewer passes over the batch than the composition: LoRA's update
+        is added by the matmul that computes it (``addmm``), IA3 scales in one multiply; in place
+        without autograd (``out`` is the projection's own temporary)."""
+        grad = torch.is_grad_enabled()
+        if lora.gate is not None:
+            hidden = lora(None, x)
+            return lora.combine(out, hidden)
+        if isinstance(lora, IA3):
+            factor = lora.lora_B.view(-1) * lora.scaling
+            return out * factor if grad else out.mul_(factor)
+        down = F.linear(lora.dropout(x), lora.lora_A).reshape(-1, lora.lora_A.shape[0])
+        up = (lora.lora_B * lora.scaling).t()
+        flat = out.reshape(-1, out.shape[-1])
+        return (torch.addmm(flat, down, up) if grad else flat.addmm_(down, up)).view_as(out)
+
+    # -- the composer's operations ---------------------------------------------------------
+
+    def compose_single(self, name: str, state: LoRAState) -> LoRAState:
+        return state._replace(hidden=self.loras[name](state.hidden, state.layer_input), last=name)
+
+    def concat(self, states: list[LoRAState], dim: int) -> LoRAState:
+        """Slices joined; a slice no adapter ran on gets the neutral update (0 to add, 1 to scale)."""
+        done = [s for s in states if s.hidden is not None]
+        last = next((s.last for s in reversed(states) if s.last), None)
+        hidden = None
+        if done:
+            fill = 1.0 if isinstance(self.loras[last], IA3) else 0.0
+            ref = done[0].hidden
+            hidden = torch.cat([s.hidden if s.hidden is not None else
+                                ref.new_full((*ref.shape[:dim], s.layer_input.shape[dim], *ref.shape[dim + 1:]), fill)
+                                for s in states], dim=dim)
+        return LoRAState(torch.cat([s.layer_input for s in states], dim=dim), hidden,
+                         torch.cat([s.layer_output for s in states], dim=dim), last)
+
+    def mean(self, state: LoRAState, children: list[LoRAState], weights: list[float]) -> LoRAState:
+        hidden = sum(w * s.hidden for s, w in zip(children, weights))
+        return state._replace(hidden=hidden, last=children[-1].last)
+
+    # -- merging ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        if self.merged == name:
+            return
+        if self.merged is not None:
+            raise AdapterConfigError(f"{self.merged!r} is merged here already; call reset_adapter() first")
+        lora = self.loras[name]
+        if lora.gate is not None:
+            raise AdapterConfigError(f"{name!r} is a gated LoRA (use_gating=True): its gate depends on the input, "
+                                     "so it cannot be merged into the weights")
+        lora.merge_into(self.linear, +1)
+        self.merged = name
+        self._handle.remove()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        if self.merged is None:
+            return
+        self.loras[self.merged].merge_into(self.linear, -1)
+        self.merged = None
+        self._handle = attach_projection(self.linear, self.context, self.after_projection)
