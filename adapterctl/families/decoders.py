@@ -3,6 +3,8 @@ normalized, and its output is added to the residual inline, ``x + h``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .spec import PRE_LN, Family, LayerStack, ResidualSite, StaticHead
 
 LLAMA = Family(
@@ -34,4 +36,10 @@ LLAMA = Family(
     },
 )
 
-FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA}
+# AdapterHub reaches Qwen2 through its plugin interface, which names the MLP the other way round.
+QWEN2 = replace(LLAMA, stacks={"decoder": replace(
+    LLAMA.stacks["decoder"],
+    projections={**LLAMA.stacks["decoder"].projections, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"},
+)})
+
+FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2}

@@ -60,7 +60,9 @@ def read_adapter(folder: Path) -> tuple[dict, dict]:
 
 
 def has_head(folder: Path) -> bool:
-    return (folder / HEAD_CONFIG).exists()
+    """A head of ours or of AdapterHub's flex models; its plugin models write ``"config": null``
+    beside the model's own head, which is not part of the adapter."""
+    return (folder / HEAD_CONFIG).exists() and read_json(folder / HEAD_CONFIG).get("config") is not None
 
 
 def read_head(folder: Path) -> tuple[dict, dict]:

@@ -44,7 +44,7 @@ def build_head(name: str, head_type: str, model_config, default_dropout: float, 
         raise AdapterConfigError(
             f"unknown option(s) {', '.join(sorted(unknown))} for a {head_type} head; valid: {', '.join(cls.defaults)}"
         )
-    return cls(name, cls.complete(config, model_config), model_config.hidden_size, default_dropout, pool_last)
+    return cls(name, cls.complete(config, model_config), model_config, default_dropout, pool_last)
 
 
 __all__ = ["ALIASES", "HEADS", "HeadOutput", "PredictionHead", "build_head"]

@@ -29,12 +29,12 @@ class PredictionHead(nn.Sequential):
     head_type: str
     defaults: dict = {}
 
-    def __init__(self, name: str, config: dict, hidden_size: int, default_dropout: float, pool_last: bool = False):
+    def __init__(self, name: str, config: dict, model_config, default_dropout: float, pool_last: bool = False):
         super().__init__()
         self.name = name
         self.pool_last = pool_last  # a decoder's sequence representation is its last token
         self.config = {"head_type": self.head_type, **self.defaults, **config}
-        for i, module in enumerate(self.build_layers(hidden_size, default_dropout)):
+        for i, module in enumerate(self.build_layers(model_config, default_dropout)):
             self.add_module(str(i), module)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -47,10 +47,10 @@ class PredictionHead(nn.Sequential):
         """Fill options that default to the backbone's own (a vocabulary size, ...)."""
         return config
 
-    def build_layers(self, hidden_size: int, default_dropout: float) -> list[nn.Module]:
+    def build_layers(self, model_config, default_dropout: float) -> list[nn.Module]:
         """AdapterHub's classification-style stack: (dropout, linear, activation) per extra layer,
         then dropout and the output linear."""
-        c = self.config
+        c, hidden_size = self.config, model_config.hidden_size
         dropout_prob = c["dropout_prob"] if c.get("dropout_prob") is not None else default_dropout
         layers: list[nn.Module] = []
         for i in range(c["layers"]):

@@ -23,15 +23,15 @@ class CausalLMHead(PredictionHead):
         embedding_size = getattr(model_config, "embedding_size", model_config.hidden_size)
         return {"vocab_size": model_config.vocab_size, "embedding_size": embedding_size, **config}
 
-    def build_layers(self, hidden_size: int, default_dropout: float) -> list[nn.Module]:
+    def build_layers(self, model_config, default_dropout: float) -> list[nn.Module]:
         c = self.config
         layers: list[nn.Module] = []
         for i in range(c["layers"] - 1):
-            layers.append(nn.Linear(hidden_size if i == 0 else c["embedding_size"], c["embedding_size"]))
+            layers.append(nn.Linear(model_config.hidden_size if i == 0 else c["embedding_size"], c["embedding_size"]))
             if c["activation_function"]:
                 layers.append(Activation(c["activation_function"]))
             if c["layer_norm"]:
-                layers.append(nn.LayerNorm(c["embedding_size"]))
+                layers.append(nn.LayerNorm(c["embedding_size"], eps=getattr(model_config, "layer_norm_eps", 1e-12)))
         layers.append(nn.Linear(c["embedding_size"], c["vocab_size"], bias=c["bias"]))
         return layers
 

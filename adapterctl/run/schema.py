@@ -1,15 +1,20 @@
 """Types of the ``trainer`` group's keys, so a wrong value (``trainer.max_steps=abc``) is a
 one-line error when the config is composed, not a traceback in the middle of training.
 The values and their comments live in ``conf/trainer/default.yaml``; this says only what
-type each key takes."""
+type each key takes. The ``adapter`` group's types come from each registered method's config
+dataclass (``adapter_schema``): every field is a key, ``conf/adapter/<preset>.yaml`` gives values."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from ..core import registry
 
 
 @dataclass
@@ -43,3 +48,29 @@ class TrainerSchema:
 
 
 ConfigStore.instance().store(group="trainer", name="schema", node=TrainerSchema)
+
+
+def adapter_schema(config_class: type) -> type:
+    """The ``adapter`` group's keys for one method: its config's fields, typed as the dataclass
+    says where OmegaConf can check the type (unions and mappings are ``Any``), plus name,
+    preset and lr."""
+    hints = typing.get_type_hints(config_class)
+
+    def omega(tp):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if tp in (bool, int, float, str):
+            return tp
+        if tp in (tuple, list):
+            return List[Any]
+        if len(args) == 1 and args[0] in (bool, int, float, str):
+            return Optional[args[0]]
+        return Any
+
+    fields = [(f.name, omega(hints[f.name]), field(default=MISSING)) for f in dataclasses.fields(config_class)]
+    fields += [("name", str, field(default=MISSING)), ("preset", str, field(default=MISSING)),
+               ("lr", Optional[float], field(default=MISSING))]
+    return dataclasses.make_dataclass(f"{config_class.__name__}Schema", fields)
+
+
+for _name, _spec in registry.methods().items():
+    ConfigStore.instance().store(group="schema/adapter", name=_name, node=adapter_schema(_spec.config_class))

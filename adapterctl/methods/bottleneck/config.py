@@ -147,10 +147,17 @@ class BnConfig(AdapterConfig):
         return "houlsby" if self.mh_adapter else "pfeiffer"
 
 
-def _activation_check(name: str) -> None:
-    from transformers.activations import ACT2FN
+# transformers' ACT2FN names (5.x), plus leakyrelu: checked without importing torch, so configs
+# (and hub cards, which hold them) load fast; core/activation.py builds the module by the name.
+ACTIVATIONS = (
+    "gelu", "gelu_10", "gelu_accurate", "gelu_fast", "gelu_new", "gelu_python", "gelu_python_tanh",
+    "gelu_pytorch_tanh", "hardswish", "laplace", "leaky_relu", "leakyrelu", "linear", "mish", "prelu", "quick_gelu",
+    "relu", "relu2", "relu6", "sigmoid", "silu", "sqrtsoftplus", "swish", "tanh", "xielu",
+)
 
-    if name.lower() not in ACT2FN and name.lower() != "leakyrelu":
+
+def _activation_check(name: str) -> None:
+    if not isinstance(name, str) or name.lower() not in ACTIVATIONS:
         raise AdapterConfigError(
             f"unknown non_linearity {name!r}; use one of relu, gelu, swish, tanh, leakyrelu, ... "
             "(any name in transformers' ACT2FN)"
