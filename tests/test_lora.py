@@ -1,20 +1,15 @@
 """LoRA and IA3: AdapterHub's counts and names, identity at init, freezing, save/load, merging,
 and every composition block they support against references computed by hand."""
 
+import json
+
 import pytest
 import torch
-from conftest import batch, perturb, tiny_backbone, tiny_llama, tiny_model
 from transformers import AutoModel, BertConfig
 
-from adapterctl import (
-    AdapterConfigError,
-    AdapterModel,
-    Average,
-    BatchSplit,
-    Parallel,
-    Split,
-    Stack,
-)
+from adapterctl import (AdapterConfigError, AdapterModel, Average, BatchSplit, IncompatibleAdapterError, Parallel,
+                        Split, Stack)
+from conftest import batch, perturb, tiny_backbone, tiny_llama, tiny_model
 
 ADAPTED = ("attention.self.query", "attention.self.value")  # lora's default attn_matrices: q, v
 
@@ -40,7 +35,6 @@ def test_weight_names_and_saved_config_are_adapterhubs(tmp_path):
             "bert.encoder.layer.0.intermediate.dense.loras.i.lora_B"} <= keys
     assert "bert.encoder.layer.0.attention.self.key.loras.i.lora_A" not in keys  # IA3 is a vector
     model.save_adapter(tmp_path / "i", "i")
-    import json
     config = json.loads((tmp_path / "i" / "adapter_config.json").read_text())["config"]
     assert config["architecture"] == "lora" and config["composition_mode"] == "scale"
     assert config["attn_matrices"] == ["k", "v"] and config["intermediate_lora"] and config["r"] == 1
@@ -212,8 +206,6 @@ def test_projections_the_family_lacks_are_refused():
 
 
 def test_an_adapter_for_another_family_is_refused(tmp_path):
-    from adapterctl import IncompatibleAdapterError
-
     model = tiny_model()
     model.add_adapter("a", "lora")
     model.save_adapter(tmp_path / "a", "a")

@@ -5,10 +5,10 @@ import threading
 
 import pytest
 import torch
-from conftest import batch, perturb, tiny_model
 
 from adapterctl import AdapterNotFoundError, Stack
 from adapterctl.run.build import checkpoint_activations
+from conftest import batch, perturb, tiny_model
 
 
 def two_adapter_model():

@@ -111,8 +111,9 @@ class AdapterModel(nn.Module):
     # -- the pass in flight -----------------------------------------------------------------
 
     def _begin_pass(self, backbone, args, kwargs):
-        rows = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
-        self.context.begin(rows.shape[0] if torch.is_tensor(rows) else None, self.training)
+        rows = next((t for t in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]) if torch.is_tensor(t)),
+                    None)
+        self.context.begin(rows.shape[0] if rows is not None else None, self.training)
 
     def _end_pass(self, backbone, args, output):
         self.context.end()
@@ -126,7 +127,7 @@ class AdapterModel(nn.Module):
 
         def hook(layer, args, kwargs):
             state = self.context.state
-            if state is None or state.setup is None or state.batch_size is None:
+            if state.setup is None or state.batch_size is None:
                 return None
             channels = state.setup.parallel_channels
             name, pos = layer_input
@@ -515,6 +516,9 @@ class AdapterModel(nn.Module):
         return self._causal_lm(self.context.call.head).generate(*args, **kwargs)
 
     def _causal_lm(self, head) -> PreTrainedModel:
+        if self.family.kind != "decoder":
+            raise AdapterConfigError(f"generate() needs a decoder (Llama, Mistral, Qwen2, ...); this is a "
+                                     f"{self.config.model_type} encoder")
         if (not isinstance(head, str) or head not in self.heads or self.heads[head].config["head_type"] != "causal_lm"
                 or len(self.heads[head]) != 1):
             raise AdapterConfigError(

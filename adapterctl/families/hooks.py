@@ -30,7 +30,7 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
 
     def capture_x(module, args, kwargs):
         state = context.state
-        if state is not None and state.setup is not None:
+        if state.setup is not None:
             state.stash[key_x] = _argument(args, kwargs, site.residual_arg)
 
     residual = layer.get_submodule(site.residual) if site.residual else layer
@@ -40,7 +40,7 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
     if site.kind == POST_LN:
         def capture_h(module, args, out):
             state = context.state
-            if state is not None and state.setup is not None:
+            if state.setup is not None:
                 state.stash[key_h] = out[0] if isinstance(out, tuple) else out
 
         layer_norm = layer.get_submodule(site.layer_norm)
@@ -49,7 +49,7 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
         def residual_step(hx):
             """Takes over the site's ``layer_norm(h + x)``; ``hx`` is the model's ``h + x``."""
             state = context.state
-            h = state.stash.pop(key_h, None) if state is not None else None
+            h = state.stash.pop(key_h, None)
             if h is None:
                 return original(hx)
             out = run(state, h, state.stash.pop(key_x), hx, original)
@@ -63,7 +63,7 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
 
     def inline_residual(module, args, out):
         state = context.state
-        x = state.stash.pop(key_x, None) if state is not None else None
+        x = state.stash.pop(key_x, None)
         if x is None:
             return None
         h = out[0] if isinstance(out, tuple) else out
@@ -80,7 +80,7 @@ def attach_projection(linear: nn.Module, context: AdapterContext, run):
 
     def after(module, args, out):
         state = context.state
-        if state is None or state.setup is None:
+        if state.setup is None:
             return None
         return run(state, args[0], out)
 

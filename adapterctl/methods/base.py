@@ -22,6 +22,12 @@ from ..core.context import AdapterContext, ForwardState
 ALL_BLOCKS = (Stack, Fuse, Split, Parallel, BatchSplit, Average)
 
 
+def init_generator(seed: int | None) -> torch.Generator | None:
+    """The generator for a config's ``init_weights_seed`` (AdapterHub's field): with a seed, every
+    module of the adapter starts from the same draw; without, from torch's global state."""
+    return torch.Generator().manual_seed(seed) if seed is not None else None
+
+
 class ComposableLayer(nn.Module):
     """One method's adapters at one place of one transformer layer, and the operations the
     composer runs on the state flowing through them (a ``NamedTuple`` of the method's choice)."""
@@ -39,9 +45,9 @@ class ComposableLayer(nn.Module):
     def adapter_modules(self) -> nn.ModuleDict:
         return getattr(self, self.container)
 
-    def active_setup(self, state: ForwardState | None):
-        """The setup this pass runs here, or ``None`` (no pass, a skipped layer, none of ours)."""
-        return state.setup_at(self.layer_idx, self.adapter_modules.keys()) if state is not None else None
+    def active_setup(self, state: ForwardState):
+        """The setup this pass runs here, or ``None`` (a skipped layer, none of ours)."""
+        return state.setup_at(self.layer_idx, self.adapter_modules.keys())
 
     # -- the composer's operations (AdapterHub's ComposableAdapterLayerBase) ---------------
 

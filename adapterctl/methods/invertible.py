@@ -18,6 +18,7 @@ import torch.nn as nn
 from ..core import composition as C
 from ..core.activation import Activation
 from ..errors import AdapterConfigError
+from .base import init_generator
 from .bottleneck.config import BnConfig
 
 
@@ -96,7 +97,7 @@ def build(config: BnConfig, hidden_size: int) -> nn.Module:
     the last layers start at zero, so the block starts as the identity like the bottlenecks;
     AdapterHub's inits draw every weight from N(0, 0.02)."""
     block = BLOCKS[config.inv_adapter](hidden_size, config.non_linearity, config.inv_adapter_reduction_factor or 2)
-    generator = torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
+    generator = init_generator(config.init_weights_seed)
     with torch.no_grad():
         for module in block.modules():
             if isinstance(module, nn.Linear):
@@ -120,8 +121,7 @@ class InvertibleAdapters(nn.ModuleDict):
         embeddings.register_forward_hook(lambda module, args, output: self(output))
 
     def active(self) -> nn.Module | None:
-        state = self.context.state
-        setup = state.setup if state is not None else None
+        setup = self.context.state.setup
         if setup is None:
             return None
         entries = _entry_adapters(setup)

@@ -31,7 +31,7 @@ from ...core import composer
 from ...core.activation import Activation
 from ...core.composition import Fuse, Stack
 from ...errors import AdapterConfigError
-from ..base import ComposableLayer
+from ..base import ComposableLayer, init_generator
 from .config import BnConfig
 
 
@@ -62,7 +62,7 @@ class Bottleneck(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self, kind: str, seed: int | None) -> None:
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = init_generator(seed)
         down = self.adapter_down[-2]
         up = self.adapter_up
         if kind in ("identity", "bert"):

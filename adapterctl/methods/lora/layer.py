@@ -21,7 +21,7 @@ from ...core import composer
 from ...core.composition import Stack
 from ...errors import AdapterConfigError
 from ...families.hooks import attach_projection
-from ..base import ComposableLayer
+from ..base import ComposableLayer, init_generator
 from .config import LoRAConfig
 
 
@@ -36,7 +36,7 @@ class LoRA(nn.Module):
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.gate = _gate(config, in_features)
-        generator = torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
+        generator = init_generator(config.init_weights_seed)
         with torch.no_grad():
             if config.init_weights == "lora":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
@@ -74,7 +74,7 @@ class IA3(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
         self.scaling = config.alpha
         self.gate = _gate(config, in_features)
-        generator = torch.Generator().manual_seed(config.init_weights_seed) if config.init_weights_seed is not None else None
+        generator = init_generator(config.init_weights_seed)
         with torch.no_grad():
             if config.init_weights == "ia3":
                 self.lora_B.fill_(1.0)
