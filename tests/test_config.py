@@ -52,8 +52,8 @@ def test_per_layer_reduction_factor():
         ({"mh_adapter": True}, "lacks output_adapter, reduction_factor, non_linearity"),
         ({"architecture": "prefix_tuning"}, "architecture 'prefix_tuning' is not supported; adapterctl supports"),
         ("lora[r=0]", "r must be an integer >= 1"),
-        ("ia3[r=2]", "composition_mode='scale' (IA3) needs r=1"),
-        ({"architecture": "lora", "rank": 4}, "unknown adapter config field(s) rank for lora"),
+        ("ia3[r=2]", "needs r=1 and dropout=0.0"),
+        ({"architecture": "lora", "rank": 4}, "unknown adapter config field.s. rank for lora"),
         (3.5, "cannot read an adapter config from float"),
     ],
 )
