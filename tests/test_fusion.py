@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from adapterctl import AdapterConfigError, Fuse, Stack
+from adapterctl import AdapterConfigError, CorruptFileError, Fuse, Stack
 from adapterctl.methods.fusion import load_fusion_config
 from conftest import batch, perturb, tiny_model
 
@@ -119,3 +119,16 @@ def test_setup_saves_and_loads_as_adapter_setup_json(tmp_path):
         assert torch.equal(fresh(**inputs).logits, expected)
     with pytest.raises(FileExistsError):
         model.save_adapter_setup(tmp_path / "setup")
+
+
+def test_a_setup_file_naming_a_folder_outside_is_refused_and_nothing_loads(tmp_path):
+    model = tiny_model()
+    model.add_adapter("a", "pfeiffer")
+    model.save_adapter(tmp_path / "outside", "a")
+    folder = tmp_path / "setup"
+    folder.mkdir()
+    (folder / "adapter_setup.json").write_text(json.dumps({"adapter_setup": Stack("../outside").to_dict()}))
+    fresh = tiny_model()
+    with pytest.raises(CorruptFileError, match="'../outside' in .* is not a plain file or folder name"):
+        fresh.load_adapter_setup(folder)
+    assert not fresh.adapters_config

@@ -27,7 +27,7 @@ from ..families import family_of
 from ..formats import adapterhub
 from ..formats.files import assign
 from ..heads import PredictionHead, build_head
-from ..io import atomic_dir, recover
+from ..io import atomic_dir, child, recover
 from ..methods.adapterdrop import AdapterDrop
 from ..methods.base import Method
 from ..methods.fusion.config import FusionConfig, load_fusion_config
@@ -672,7 +672,7 @@ class AdapterModel(nn.Module):
     def load_fusion(self, directory, load_as: str | None = None, with_head: bool = True, set_active: bool = False,
                     overwrite_ok: bool = False) -> str:
         """Load a fusion folder; the adapters it fuses must be loaded already."""
-        path = Path(directory)
+        path = recover(Path(directory))
         env, tensors = adapterhub.read_fusion(path)
         adapterhub.check_backbone(self._backbone_info(), env, path)
         old = env.get("name") or path.name
@@ -708,12 +708,15 @@ class AdapterModel(nn.Module):
 
     def load_adapter_setup(self, directory, set_active: bool = False):
         """Load what ``save_adapter_setup`` wrote; returns ``(setup, head_setup)``."""
-        block, head_setup = adapterhub.read_setup(Path(directory))
+        folder = recover(Path(directory))
+        block, head_setup = adapterhub.read_setup(folder)
         C.validate(block)
-        for name in block.flatten():
-            self.load_adapter(Path(directory) / name)
-        for name in _fusions_in(block):
-            self.load_fusion(Path(directory) / name)
+        names, fusions = block.flatten(), _fusions_in(block)
+        paths = {name: child(folder, name, "adapter_setup.json child") for name in names + fusions}
+        for name in names:
+            self.load_adapter(paths[name])
+        for name in fusions:
+            self.load_fusion(paths[name])
         if set_active:
             self.set_active_adapters(block)
         return block, head_setup
