@@ -88,22 +88,33 @@ def target_common(a, target: str, seed: int) -> list[str]:
             f"trainer.backbone_dropout={a.backbone_dropout}"]
 
 
+def target_sources(a, target: str) -> list[str]:
+    """The trained sources (``--sources``) a target fuses."""
+    return [s for s in TARGET_SOURCES[target] if s in a.sources]
+
+
 def conditions(a, target: str) -> list[tuple[str, dict]]:
-    """(name, how) per compared condition of a target."""
+    """(name, how) per compared condition of a target, in running order (``single`` first: the
+    ``+own`` fusions fuse it)."""
     out = [("single", {})]
-    out += [(f"head-{s}", {"source": s}) for s in TARGET_SOURCES[target] if s in a.head_sources]
-    out += [(f"fusion-lr{lr:g}", {"lr": lr}) for lr in a.fusion_lrs]
+    if len(target_sources(a, target)) >= 2:
+        out += [(f"fusion-lr{lr:g}", {"lr": lr}) for lr in a.fusion_lrs]
     if target in a.with_own:  # the paper's fusion also holds the target task's own adapter (its ST-A)
         out += [(f"fusion+own-lr{lr:g}", {"lr": lr, "own": True}) for lr in a.fusion_lrs]
+    out += [(f"head-{s}", {"source": s}) for s in target_sources(a, target) if s in a.head_sources]
     return out
 
 
 def fused(a, target: str, seed: int, how: dict) -> list[Path]:
     """The adapter folders a fusion run fuses: the target's sources, and with ``own`` the
-    target's own single adapter of the same seed (trained by ``targets`` first)."""
-    folders = [source_dir(a.out, s) / "adapters" / s for s in TARGET_SOURCES[target]]
+    target's own single adapter of the same seed (ours, trained by ``targets``: both libraries
+    fuse the same folders; a separate ``adapterhub`` process waits for it)."""
+    folders = [source_dir(a.out, s) / "adapters" / s for s in target_sources(a, target)]
     if how.get("own"):
-        folders.append(a.out / "ours" / target / "single" / f"s{seed}" / "adapters" / target)
+        own = a.out / "ours" / target / "single" / f"s{seed}"
+        while not (own / "metrics.json").is_file():
+            time.sleep(30)
+        folders.append(own / "adapters" / target)
     return folders
 
 
@@ -156,7 +167,7 @@ def _head_child(source: str, folder: str, overrides: list[str]) -> None:
     name = model.load_adapter(build.adapter_source(source), with_head=False)
     model.add_head(name, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
     model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
-    for _, _, module in model.iter_adapter_modules(name):
+    for module in model.adapter_modules(name):
         module.requires_grad_(False)  # the source adapter stays as it was trained: only the head learns
     task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
     root = data_root(cfg.data_root)
@@ -281,7 +292,7 @@ def our_attention(folder: Path) -> dict:
     from torch.utils.data import DataLoader
 
     from adapterctl.data import Task, data_root, load_rows
-    from adapterctl.methods.fusion import Fusion
+    from adapterctl.methods.fusion.layer import Fusion
     from adapterctl.run import build, folders
 
     record, cfg = folders.load_run(folder)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from adapterctl import Fuse
-from adapterctl.methods.fusion import Fusion
+from adapterctl.methods.fusion.layer import Fusion
 from conftest import batch, perturb, tiny_model
 
 ADAPTERS = ["a", "b", "c"]
