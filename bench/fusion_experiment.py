@@ -102,7 +102,7 @@ def conditions(a, target: str) -> list[tuple[str, dict]]:
     if target in a.with_own:  # the paper's fusion also holds the target task's own adapter (its ST-A)
         out += [(f"fusion+own-lr{lr:g}", {"lr": lr, "own": True}) for lr in a.fusion_lrs]
     out += [(f"head-{s}", {"source": s}) for s in target_sources(a, target) if s in a.head_sources]
-    return out
+    return [c for c in out if not a.only or c[0] in a.only]
 
 
 def fused(a, target: str, seed: int, how: dict) -> list[Path]:
@@ -348,6 +348,7 @@ def main() -> None:
     p.add_argument("--fusion-lrs", nargs="+", type=float, default=[5e-5, 5e-4])
     p.add_argument("--with-own", nargs="*", default=[], help="targets whose fusion is also tried with their own adapter")
     p.add_argument("--head-sources", nargs="*", default=list(SOURCES), help="sources tried with a new head")
+    p.add_argument("--only", nargs="*", default=[], help="run (and tabulate) only these conditions, e.g. single head-mnli")
     p.add_argument("--backbone-dropout", default="all", help="ours: trainer.backbone_dropout (all = AdapterHub's)")
     p.add_argument("--ah-python", default="/work/envs/ahfusion/bin/python")
     a = p.parse_args()
