@@ -6,12 +6,17 @@ from adapterctl.run import settings
 from clitools import REPO
 
 
+def command(recipe) -> str:
+    """The command of a recipe's launch line (``# adapterctl <command> recipe=<name>``)."""
+    return next(line.split()[2] for line in recipe.read_text().splitlines()
+                if line.startswith("# adapterctl ") and line.endswith(f" recipe={recipe.stem}"))
+
+
 def test_recipes_are_listed_with_their_launch_command(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     for recipe in REPO.glob("recipes/*.yaml"):
-        assert f"$ adapterctl train recipe={recipe.stem}" in out
-        assert f"# adapterctl train recipe={recipe.stem}" in recipe.read_text()
+        assert f"$ adapterctl {command(recipe)} recipe={recipe.stem}" in out
 
 
 def test_a_recipe_composes_and_the_command_line_wins():
@@ -22,5 +27,5 @@ def test_a_recipe_composes_and_the_command_line_wins():
 
 def test_every_recipe_composes():
     for recipe in REPO.glob("recipes/*.yaml"):
-        cfg = settings.load("train", [f"recipe={recipe.stem}"])
+        cfg = settings.load(command(recipe), [f"recipe={recipe.stem}"])
         assert cfg.backbone.name == "minilm", recipe
