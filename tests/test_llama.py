@@ -99,10 +99,10 @@ def test_families_that_share_llamas_layout_are_one_entry(config_class):
 
 
 def test_a_family_without_an_entry_lists_the_supported_ones():
-    from transformers import GPT2Config
+    from transformers import BloomConfig
 
-    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported; adapterctl supports bert.*llama.*qwen2"):
-        AdapterModel(AutoModel.from_config(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=99)))
+    with pytest.raises(UnsupportedModelError, match="'bloom' is not supported; adapterctl supports bert.*gpt2.*qwen2"):
+        AdapterModel(AutoModel.from_config(BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=99)))
 
 
 def test_generation_needs_a_decoder_with_a_causal_lm_head():

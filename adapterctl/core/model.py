@@ -19,14 +19,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import GenerationConfig, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 from transformers.utils import ModelOutput
 
 from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
-from ..families import family_of
+from ..families import base_model_of, family_of
 from ..formats import adapterhub
 from ..formats.files import assign
 from ..heads import PredictionHead, build_head
+from ..heads.language_modeling import decoder_inputs
 from ..io import atomic_dir, child, recover
 from ..methods.adapterdrop import AdapterDrop
 from ..methods.base import Method
@@ -56,7 +57,7 @@ class AdapterModel(nn.Module):
 
     def __init__(self, model: PreTrainedModel, model_name: str | None = None):
         super().__init__()
-        backbone = getattr(model, "base_model", model)
+        backbone = base_model_of(model)
         self.family = family_of(backbone)
         self.base_model_prefix = backbone.base_model_prefix
         self.add_module(self.base_model_prefix, backbone)
@@ -71,8 +72,12 @@ class AdapterModel(nn.Module):
         self._generation_config = getattr(model, "generation_config", None) if model is not backbone else None
         attention = [layer.get_submodule(spec.attention) for _, spec, _, layer in self._layers()]
         self._policy = TrainingPolicy(attention, backbone)
-        backbone.register_forward_pre_hook(self._begin_pass, with_kwargs=True)
-        backbone.register_forward_hook(self._end_pass, always_call=True)
+        # An encoder-decoder's stacks also run on their own (generate() encodes once, T5's
+        # *ForConditionalGeneration calls its stacks directly): each begins a pass too, nested.
+        owners = {backbone.get_submodule(spec.path.rpartition(".")[0]) for spec in self.family.stacks.values()}
+        for module in [backbone, *[m for m in owners if m is not backbone]]:
+            module.register_forward_pre_hook(self._begin_pass, with_kwargs=True)
+            module.register_forward_hook(self._end_pass, always_call=True)
         for _, spec, idx, layer in self._layers():
             layer.register_forward_pre_hook(self._parallel_rows_hook(idx, spec.layer_input), with_kwargs=True)
         if model is not backbone:
@@ -301,6 +306,8 @@ class AdapterModel(nn.Module):
         if dropout is None:
             dropout = getattr(self.config, "hidden_dropout_prob", getattr(self.config, "dropout", 0.0))
         head = build_head(name, head_type, self.config, dropout, pool_last=self.family.kind == "decoder", **config)
+        if hasattr(head, "tie") and getattr(self.config, "tie_word_embeddings", False):
+            head.tie(self.backbone.get_input_embeddings())  # an LM head's last layer shares the input embeddings
         self.heads[name] = self.like_model(head)
         if set_active:
             self.active_head = name
@@ -445,6 +452,8 @@ class AdapterModel(nn.Module):
             heads = self.active_head if isinstance(self.active_head, list) else [self.active_head]
             modules += [self.heads[h] for h in heads if h is not None and h in self.heads]
         self._policy.freeze_all_but(self, modules, backbone_dropout)
+        # A head tied to the input embeddings does not train them (AdapterHub's freeze_embeddings).
+        self.backbone.get_input_embeddings().requires_grad_(False)
         self.train()
 
     def train(self, mode: bool = True) -> "AdapterModel":
@@ -468,6 +477,9 @@ class AdapterModel(nn.Module):
             with self.adapter_setup(adapter_setup, head=head):
                 return self.forward(input_ids, attention_mask, token_type_ids, labels, None, inputs_embeds,
                                     start_positions, end_positions, **kwargs)
+        if (labels is not None and self.family.kind == "encoder-decoder" and kwargs.get("decoder_input_ids") is None
+                and kwargs.get("decoder_inputs_embeds") is None):
+            kwargs["decoder_input_ids"] = decoder_inputs(labels, self.config)  # teacher forcing, as transformers does
         rows = input_ids if input_ids is not None else inputs_embeds
         multiple_choice = rows is not None and rows.dim() == (3 if input_ids is not None else 4)
         if multiple_choice:  # (batch, choices, seq) -> (batch * choices, seq)
@@ -516,20 +528,31 @@ class AdapterModel(nn.Module):
         return self._causal_lm(self.context.call.head).generate(*args, **kwargs)
 
     def _causal_lm(self, head) -> PreTrainedModel:
-        if self.family.kind != "decoder":
-            raise AdapterConfigError(f"generate() needs a decoder (Llama, Mistral, Qwen2, ...); this is a "
-                                     f"{self.config.model_type} encoder")
-        if (not isinstance(head, str) or head not in self.heads or self.heads[head].config["head_type"] != "causal_lm"
+        """The transformers LM (``*ForCausalLM``, or ``*ForConditionalGeneration`` around a
+        ``seq2seq_lm`` head) that generate() runs: our modules in a shell made on the meta device."""
+        if self.family.kind == "encoder":
+            raise AdapterConfigError(f"generate() needs a decoder (Llama, Mistral, GPT-2, ...) or an encoder-decoder "
+                                     f"(T5, BART, ...); this is a {self.config.model_type} encoder")
+        seq2seq = self.family.kind == "encoder-decoder"
+        kind, example = ("seq2seq_lm", "*ForConditionalGeneration") if seq2seq else ("causal_lm", "*ForCausalLM")
+        if (not isinstance(head, str) or head not in self.heads or self.heads[head].config["head_type"] != kind
                 or len(self.heads[head]) != 1):
             raise AdapterConfigError(
-                f"generate() needs an active one-layer causal_lm head, and the active head is {head!r}; load a "
-                "*ForCausalLM checkpoint (its head becomes 'default') or add_head(<name>, 'causal_lm')"
+                f"generate() needs an active one-layer {kind} head, and the active head is {head!r}; load a "
+                f"{example} checkpoint (its head becomes 'default') or add_head(<name>, '{kind}')"
             )
         linear, lm = self.heads[head][0], self._lm_shells.get(head)
         if lm is None or lm.lm_head is not linear:
+            mapping = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if seq2seq else MODEL_FOR_CAUSAL_LM_MAPPING
             with torch.device("meta"):  # every module of it is replaced by ours
-                lm = MODEL_FOR_CAUSAL_LM_MAPPING[type(self.config)](self.config)
-            setattr(lm, self.base_model_prefix, self.backbone)
+                lm = mapping[type(self.config)](self.config)
+            if lm.base_model is lm:  # T5: the stacks are the shell's own children
+                for name, module in self.backbone.named_children():
+                    setattr(lm, name, module)
+            else:
+                setattr(lm, self.base_model_prefix, self.backbone)
+            if "final_logits_bias" in dict(lm.named_buffers()):  # BART's; our heads have none of their own
+                lm.final_logits_bias = torch.zeros(1, self.config.vocab_size, device=linear.weight.device)
             lm.lm_head = linear
             lm.generation_config = self._generation_config or GenerationConfig.from_model_config(self.config)
             lm.training = False  # the shell only; the backbone's mode stays ours

@@ -5,14 +5,17 @@ so a new transformers release does not break us, and a new family is an entry pl
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from ..errors import UnsupportedModelError
 from .decoders import FAMILIES as _DECODERS
 from .encoders import FAMILIES as _ENCODERS
+from .seq2seq import FAMILIES as _SEQ2SEQ
 from .spec import Family
 
-FAMILIES: dict[str, Family] = {**_ENCODERS, **_DECODERS}
+FAMILIES: dict[str, Family] = {**_ENCODERS, **_DECODERS, **_SEQ2SEQ}
 
 
 def family_of(model: nn.Module) -> Family:
@@ -24,3 +27,19 @@ def family_of(model: nn.Module) -> Family:
             "(adding a family is one entry in adapterctl/families/ plus a test)"
         )
     return FAMILIES[model_type]
+
+
+def base_model_of(model: nn.Module) -> nn.Module:
+    """The bare transformer inside a checkpoint with a head. T5's ``*ForConditionalGeneration``
+    holds its embeddings, encoder and decoder itself, with no ``T5Model`` inside: one is made
+    around those same modules, so the weights stay shared and the keys read ``transformer.encoder...``
+    as AdapterHub's."""
+    base = getattr(model, "base_model", model)
+    cls = MODEL_MAPPING.get(type(getattr(model, "config", None)), None)
+    if base is not model or cls is None or isinstance(model, cls):
+        return base
+    with torch.device("meta"):  # every child is replaced by the checkpoint's own
+        base = cls(model.config)
+    for name, _ in list(base.named_children()):
+        setattr(base, name, getattr(model, name))
+    return base.train(model.training)

@@ -1,5 +1,5 @@
-"""Decoder families: Llama and its kin with the same layout (pre-LN: each sub-layer's input is
-normalized, and its output is added to the residual inline, ``x + h``)."""
+"""Decoder families: Llama and its kin with the same layout, and GPT-2 (pre-LN: each sub-layer's
+input is normalized, and its output is added to the residual inline, ``x + h``)."""
 
 from __future__ import annotations
 
@@ -42,4 +42,30 @@ QWEN2 = replace(LLAMA, stacks={"decoder": replace(
     projections={**LLAMA.stacks["decoder"].projections, "intermediate": "mlp.up_proj", "output": "mlp.down_proj"},
 )})
 
-FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2}
+# AdapterHub's GPT-2 mixin: the same two sites (the residual is the input of ln_1 / ln_2); LoRA's
+# q, k and v are column slices of the fused c_attn, a Conv1D (weight stored (in, out)).
+GPT2 = Family(
+    kind="decoder",
+    embeddings="drop",  # AdapterHub's invertible adapters act on token + position embeddings, after dropout
+    stacks={"decoder": LayerStack(
+        path="h",
+        attention="attn",
+        sites={
+            "mh_adapter": ResidualSite(PRE_LN, output="attn", residual="ln_1", residual_arg=("input", 0),
+                                       container="attention_adapters"),
+            "output_adapter": ResidualSite(PRE_LN, output="mlp", residual="ln_2", residual_arg=("input", 0),
+                                           container="output_adapters"),
+        },
+        projections={"q": "attn.c_attn", "k": "attn.c_attn", "v": "attn.c_attn", "o": "attn.c_proj",
+                     "intermediate": "mlp.c_fc", "output": "mlp.c_proj"},
+        fused={"attn.c_attn": ("q", "k", "v")},
+    )},
+    static_heads={
+        "LMHeadModel": StaticHead({"head_type": "causal_lm"}, ("lm_head",)),
+        "ForSequenceClassification": LLAMA.static_heads["ForSequenceClassification"],
+        "ForTokenClassification": StaticHead({"head_type": "tagging", "layers": 1, "activation_function": None},
+                                             (None, "classifier")),
+    },
+)
+
+FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2, "gpt2": GPT2}

@@ -52,7 +52,10 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
             h = state.stash.pop(key_h, None)
             if h is None:
                 return original(hx)
-            out = run(state, h, state.stash.pop(key_x), hx, original)
+            x = state.stash.pop(key_x)
+            if site.dropout_fn and layer.training:
+                h = hx - x  # the layer's own functional dropout acted on h before its add
+            out = run(state, h, x, hx, original)
             return original(hx) if out is None else out
 
         output.register_forward_hook(capture_h)
@@ -84,4 +87,6 @@ def attach_projection(linear: nn.Module, context: AdapterContext, run):
             return None
         return run(state, args[0], out)
 
-    return linear.register_forward_hook(after)
+    # Before any other hook on it: a residual site whose ``h`` is this projection's output (BART's
+    # fc2) must see the adapted output, whichever of the two was added first.
+    return linear.register_forward_hook(after, prepend=True)

@@ -25,6 +25,9 @@ class ResidualSite:
     residual_arg: tuple[str, int]  # x's keyword name and position in that call
     container: str  # where the adapter modules live: AdapterHub's key prefix inside the layer
     layer_norm: str | None = None  # POST_LN: the LayerNorm applied to h + x
+    # POST_LN: the layer drops h out by a function call (BART), not a module whose output we see;
+    # in training h is then recovered as (h + x) - x
+    dropout_fn: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,13 @@ class LayerStack:
     attention: str  # the self-attention module; its training flag gates attention-probability dropout
     sites: dict[str, ResidualSite]  # "mh_adapter", "output_adapter"
     # LoRA-style methods: "q", "k", "v", "o" (attention) and AdapterHub's "intermediate" and
-    # "output" MLP projections -> their Linear modules
-    projections: dict[str, str]
+    # "output" MLP projections -> their Linear (or Conv1D) modules; a tuple: the key adapts each
+    # (an encoder-decoder's q is in self- and cross-attention, as AdapterHub's selfattn_lora)
+    projections: dict[str, str | tuple[str, ...]]
     layer_input: tuple[str, int] = ("hidden_states", 0)  # a layer's hidden-states argument: name, position
+    # One projection computing several of the keys above side by side along its output (GPT-2's
+    # c_attn: q | k | v): its path -> those keys in column order. LoRA adapts their slices.
+    fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class StaticHead:
 
 @dataclass(frozen=True)
 class Family:
-    kind: str  # "encoder" or "decoder": a decoder's classification heads pool the last token
+    kind: str  # "encoder", "decoder" or "encoder-decoder": a decoder's classification heads pool the last token
     embeddings: str
     stacks: dict[str, LayerStack]  # in forward order; layer indices run on across them
     static_heads: dict[str, StaticHead] = field(default_factory=dict)  # by class-name suffix

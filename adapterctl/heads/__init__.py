@@ -6,13 +6,13 @@ from __future__ import annotations
 from ..errors import AdapterConfigError
 from .base import HeadOutput, PredictionHead
 from .classification import ClassificationHead, MultiLabelClassificationHead, MultipleChoiceHead
-from .language_modeling import CausalLMHead
+from .language_modeling import CausalLMHead, Seq2SeqLMHead
 from .tokens import QuestionAnsweringHead, TaggingHead
 
 HEADS: dict[str, type[PredictionHead]] = {
     cls.head_type: cls
     for cls in (ClassificationHead, MultiLabelClassificationHead, TaggingHead, MultipleChoiceHead,
-                QuestionAnsweringHead, CausalLMHead)
+                QuestionAnsweringHead, CausalLMHead, Seq2SeqLMHead)
 }
 ALIASES = {"regression": ("classification", {"num_labels": 1}), "token_classification": ("tagging", {})}
 

@@ -1,7 +1,9 @@
-"""Language-modelling heads: ``causal_lm`` (next-token logits over the vocabulary)."""
+"""Language-modelling heads: ``causal_lm`` (next-token logits over the vocabulary) and
+``seq2seq_lm`` (an encoder-decoder's decoder: logits for the labels themselves, unshifted)."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -35,6 +37,11 @@ class CausalLMHead(PredictionHead):
         layers.append(nn.Linear(c["embedding_size"], c["vocab_size"], bias=c["bias"]))
         return layers
 
+    def tie(self, embeddings: nn.Embedding) -> None:
+        """Share the vocabulary projection's weight with the input embeddings (a config that ties
+        them); the weight is still written to the head's file, as AdapterHub does."""
+        self[-1].weight = embeddings.weight
+
     def forward(self, hidden, pooled=None, attention_mask=None, labels=None, **_):
         logits = self.project(hidden)
         loss = None
@@ -45,3 +52,39 @@ class CausalLMHead(PredictionHead):
                 logits_for_loss = logits
             loss = F.cross_entropy(logits_for_loss.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
         return HeadOutput(logits, loss)
+
+
+class Seq2SeqLMHead(CausalLMHead):
+    """AdapterHub's ``Seq2SeqLMHead``: the causal LM head over the decoder's outputs, labels not
+    shifted (the decoder's inputs are the labels shifted right, ``decoder_inputs``). On T5 with
+    tied embeddings the decoder's output is scaled by ``d_model ** -0.5`` first, as T5 does."""
+
+    head_type = "seq2seq_lm"
+    defaults = {**CausalLMHead.defaults, "shift_labels": False}
+
+    def __init__(self, name: str, config: dict, model_config, default_dropout: float, pool_last: bool = False):
+        super().__init__(name, config, model_config, default_dropout, pool_last)
+        t5 = model_config.model_type in ("t5", "mt5") and getattr(model_config, "tie_word_embeddings", False)
+        self.input_scale = model_config.d_model ** -0.5 if t5 else None
+
+    def forward(self, hidden, pooled=None, attention_mask=None, labels=None, **kwargs):
+        if self.input_scale is not None:
+            hidden = hidden * self.input_scale
+        return super().forward(hidden, pooled, attention_mask, labels, **kwargs)
+
+
+def decoder_inputs(labels: torch.Tensor, model_config) -> torch.Tensor:
+    """The decoder's inputs for ``labels``: shifted right behind the decoder's start token, the
+    ignored positions (-100) as padding (T5's ``_shift_right``, BART's ``shift_tokens_right``).
+    mBART has no start token: each row starts with its own last token (its language id), as its
+    ``shift_tokens_right`` does."""
+    pad = model_config.pad_token_id
+    labels = labels.masked_fill(labels == -100, pad)
+    start = model_config.decoder_start_token_id
+    if start is None:
+        last = labels.ne(pad).sum(dim=1, keepdim=True) - 1
+        start = labels.gather(1, last).squeeze(1)
+    shifted = labels.new_zeros(labels.shape)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = start
+    return shifted

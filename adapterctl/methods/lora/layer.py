@@ -2,7 +2,11 @@
 
 Weight names and the composition semantics are AdapterHub's (``methods/lora.py`` of
 ``adapters`` 1.3): ``<projection>.loras.<name>.lora_A`` (r x in) and ``.lora_B`` (out x r) for
-LoRA, ``.lora_B`` (out x 1) for IA3. Through a composition flows ``hidden``: the first adapter
+LoRA, ``.lora_B`` (out x 1) for IA3. On a fused projection (GPT-2's ``c_attn``: q | k | v side
+by side) an adapter adapts the slices its ``attn_matrices`` name, each by its own rank-r pair as
+AdapterHub's ``LoRAMergedLinear`` does: ``lora_A`` (r * n x in), ``lora_B`` (out / 3 * n x r) for
+n slices; the math below reads them through ``up()`` / ``vector()``, which place them in the
+projection's columns. Through a composition flows ``hidden``: the first adapter
 reads the projection's input ``x`` (LoRA: ``alpha / r * B A x``; IA3: ``alpha * b``), a stacked
 one reads the previous one's ``hidden``, and at the end the last adapter combines it with the
 projection's output (add, or multiply for IA3).
@@ -17,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from transformers.pytorch_utils import Conv1D
+
 from ...core import composer
 from ...core.composition import Stack
 from ...errors import AdapterConfigError
@@ -25,14 +31,57 @@ from ..base import ComposableLayer, init_generator
 from .config import LoRAConfig
 
 
+def features(projection: nn.Module) -> tuple[int, int]:
+    """(in, out) of a Linear or of a Conv1D (GPT-2's, whose weight is stored (in, out))."""
+    if isinstance(projection, Conv1D):
+        return projection.weight.shape[0], projection.weight.shape[1]
+    return projection.in_features, projection.out_features
+
+
+def weight_of(projection: nn.Module) -> torch.Tensor:
+    """The projection's weight as (out, in); a Conv1D's transposed view (in-place ops reach it)."""
+    return projection.weight.t() if isinstance(projection, Conv1D) else projection.weight
+
+
+class _Slices(nn.Module):
+    """Where the outputs of an adapter on a fused projection go: the rows (of ``out``) of the
+    slices it adapts, as a non-saved index buffer."""
+
+    def __init__(self, slices: tuple[bool, ...] | None, out_features: int):
+        super().__init__()
+        self.slices = slices
+        self.out_features = out_features
+        if slices is not None:
+            width = out_features // len(slices)
+            rows = [i for s, on in enumerate(slices) if on for i in range(s * width, (s + 1) * width)]
+            self.register_buffer("rows", torch.tensor(rows), persistent=False)
+
+    @property
+    def n(self) -> int:
+        return sum(self.slices) if self.slices is not None else 1
+
+    def width(self, out_features: int) -> int:
+        return out_features // len(self.slices) * self.n if self.slices is not None else out_features
+
+    def place(self, part: torch.Tensor, fill: float) -> torch.Tensor:
+        """``part`` (rows of the adapted slices first) into a tensor of ``out_features`` rows."""
+        if self.slices is None:
+            return part
+        full = part.new_full((self.out_features, *part.shape[1:]), fill)
+        return full.index_copy(0, self.rows, part)
+
+
 class LoRA(nn.Module):
     """A low-rank update ``alpha / r * B A``; B starts at zero (``init_weights="lora"``)."""
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int):
+    def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
+                 slices: tuple[bool, ...] | None = None):
         super().__init__()
         dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.lora_A = nn.Parameter(torch.zeros(config.r, in_features, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, config.r, dtype=dtype))
+        self.fused = _Slices(slices, out_features)
+        n = self.fused.n
+        self.lora_A = nn.Parameter(torch.zeros(config.r * n, in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), config.r, dtype=dtype))
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.gate = _gate(config, in_features)
@@ -50,28 +99,38 @@ class LoRA(nn.Module):
                 for p in (self.lora_A, self.lora_B):
                     nn.init.kaiming_uniform_(p, generator=generator)
 
+    def up(self) -> torch.Tensor:
+        """B as (out, rank): on a fused projection, block-diagonal (each slice's B reads its own
+        r rows of A) and placed in the adapted slices' rows, zero elsewhere."""
+        if self.fused.slices is None:
+            return self.lora_B
+        return self.fused.place(torch.block_diag(*self.lora_B.split(self.lora_B.shape[0] // self.fused.n)), 0.0)
+
     @property
     def delta_w(self) -> torch.Tensor:
-        return self.lora_B @ self.lora_A
+        return self.up() @ self.lora_A
 
     def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
         x = layer_input if hidden is None else hidden
-        out = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        out = F.linear(F.linear(self.dropout(x), self.lora_A), self.up())
         return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
 
     def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return output + hidden
 
-    def merge_into(self, linear: nn.Linear, sign: int) -> None:
-        linear.weight += sign * self.scaling * self.delta_w.to(linear.weight.dtype)
+    def merge_into(self, linear: nn.Module, sign: int) -> None:
+        weight = weight_of(linear)
+        weight += sign * self.scaling * self.delta_w.to(weight.dtype)
 
 
 class IA3(nn.Module):
     """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one."""
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int):
+    def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
+                 slices: tuple[bool, ...] | None = None):
         super().__init__()
-        self.lora_B = nn.Parameter(torch.zeros(out_features, 1))
+        self.fused = _Slices(slices, out_features)
+        self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), 1))
         self.scaling = config.alpha
         self.gate = _gate(config, in_features)
         generator = init_generator(config.init_weights_seed)
@@ -82,20 +141,26 @@ class IA3(nn.Module):
                 self.lora_B.normal_(0.0, 0.02, generator=generator)
             # "lora" leaves it at zero, as AdapterHub does
 
+    def vector(self) -> torch.Tensor:
+        """b over the whole output (out,): on a fused projection 1 in the slices it leaves alone
+        (then scaled by alpha with the rest, as AdapterHub's padding does)."""
+        return self.fused.place(self.lora_B, 1.0).view(-1)
+
     def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
-        vector = self.lora_B.view(1, 1, -1).expand(layer_input.shape[0], 1, -1)
+        vector = self.vector().view(1, 1, -1).expand(layer_input.shape[0], 1, -1)
         out = vector if hidden is None else hidden * vector
         return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
 
     def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         return output * hidden
 
-    def merge_into(self, linear: nn.Linear, sign: int) -> None:
+    def merge_into(self, linear: nn.Module, sign: int) -> None:
         """Scale the weight's rows and the bias: the whole output is scaled (AdapterHub leaves the
         bias unscaled, so its merged outputs differ from its unmerged ones)."""
-        factor = (self.lora_B.view(-1) * self.scaling).to(linear.weight.dtype)
+        weight = weight_of(linear)
+        factor = (self.vector() * self.scaling).to(weight.dtype)
         factor = factor if sign > 0 else 1.0 / factor
-        linear.weight *= factor[:, None]
+        weight *= factor[:, None]
         if linear.bias is not None:
             linear.bias *= factor
 
@@ -113,9 +178,11 @@ def _gate_value(gate: nn.Linear, layer_input: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(gate(layer_input)).mean(dim=1).unsqueeze(-1)
 
 
-def build(config: LoRAConfig, in_features: int, out_features: int) -> LoRA | IA3:
+def build(config: LoRAConfig, in_features: int, out_features: int,
+          slices: tuple[bool, ...] | None = None) -> LoRA | IA3:
+    """``slices``: on a fused projection, which of its side-by-side outputs the adapter adapts."""
     cls = IA3 if config.composition_mode == "scale" else LoRA
-    return cls(config, in_features, out_features)
+    return cls(config, in_features, out_features, slices)
 
 
 class LoRAState(NamedTuple):
@@ -161,10 +228,10 @@ class LoRALayer(ComposableLayer):
             hidden = lora(None, x)
             return lora.combine(out, hidden)
         if isinstance(lora, IA3):
-            factor = lora.lora_B.view(-1) * lora.scaling
+            factor = lora.vector() * lora.scaling
             return out * factor if grad else out.mul_(factor)
         down = F.linear(lora.dropout(x), lora.lora_A).reshape(-1, lora.lora_A.shape[0])
-        up = (lora.lora_B * lora.scaling).t()
+        up = (lora.up() * lora.scaling).t()
         flat = out.reshape(-1, out.shape[-1])
         return (torch.addmm(flat, down, up) if grad else flat.addmm_(down, up)).view_as(out)
 

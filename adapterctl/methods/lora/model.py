@@ -1,6 +1,7 @@
 """LoRA and IA3 in a model: one ``LoRALayer`` per adapted projection, at the family spec's
 attention projections (``attn_matrices``) and AdapterHub's ``intermediate`` and ``output`` MLP
-projections."""
+projections. On a fused projection (GPT-2's ``c_attn``) one layer serves its keys (``q+k+v``),
+each adapter adapting the slices it names."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from ...core.composition import Average, BatchSplit, Parallel, Stack
 from ...errors import AdapterConfigError
 from ..base import Method
 from .config import LoRAConfig
-from .layer import LoRALayer, build
+from .layer import LoRALayer, build, features
 
 
 class LoRAMethod(Method):
@@ -23,13 +24,12 @@ class LoRAMethod(Method):
         for stack, idx, layer in host.iter_layers():
             if idx in config.leave_out:
                 continue
-            projections = host.family.stacks[stack].projections
-            for key in places:
+            spec = host.family.stacks[stack]
+            for key, path, slices in _targets(places, spec.projections, spec.fused):
                 if (stack, idx, key) not in self.layers:
-                    self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(projections[key]))
+                    self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(path))
                 lora_layer = self.layers[stack, idx, key]
-                linear = lora_layer.linear
-                lora_layer.loras[name] = host.like_model(build(config, linear.in_features, linear.out_features))
+                lora_layer.loras[name] = host.like_model(build(config, *features(lora_layer.linear), slices))
 
     def _places(self, config: LoRAConfig) -> list[str]:
         """The projections (keys of the family spec) the config adapts; refuses ones it lacks."""
@@ -56,3 +56,18 @@ class LoRAMethod(Method):
 
     def merged(self) -> list[str]:
         return sorted({layer.merged for layer in self.layers.values() if layer.merged is not None})
+
+
+def _targets(places: list[str], projections: dict, fused: dict[str, tuple[str, ...]]):
+    """``(layer key, path, slices)`` per adapted projection: a plain one keyed by its key (by its
+    path where a key names several), a fused one once, keyed by all its keys joined with ``+``,
+    with the slices ``places`` enables."""
+    done = set()
+    for key in places:
+        paths = projections[key]
+        for path in (paths,) if isinstance(paths, str) else paths:
+            if path not in fused:
+                yield (key if isinstance(paths, str) else path), path, None
+            elif path not in done:
+                done.add(path)
+                yield "+".join(fused[path]), path, tuple(k in places for k in fused[path])

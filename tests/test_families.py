@@ -1,0 +1,225 @@
+"""Every decoder and encoder-decoder family on a tiny random config with its LM head: a fresh
+adapter of each method is an identity, one step of training changes the outputs, save -> load
+reproduces them exactly, and greedy generation with a fresh adapter gives the bare model's
+tokens. GPT-2, T5, BART and mBART also against outputs AdapterHub's library computed
+(tests/fixtures/adapterhub_decoders/, FACTS.md)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    BartConfig,
+    GPT2Config,
+    LlamaConfig,
+    MBartConfig,
+    MistralConfig,
+    MT5Config,
+    Qwen2Config,
+    T5Config,
+)
+
+from adapterctl import AdapterModel
+from conftest import perturb
+
+FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub_decoders"
+GPT2 = FIXTURES / "gpt2"
+TOL = 1e-5
+_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=99, max_position_embeddings=64)
+CONFIGS = {
+    "gpt2": lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=37, vocab_size=99, n_positions=64),
+    "llama": lambda: LlamaConfig(**_LLAMA_LIKE),
+    "mistral": lambda: MistralConfig(**_LLAMA_LIKE),
+    "qwen2": lambda: Qwen2Config(**_LLAMA_LIKE),
+}
+_T5_LIKE = dict(d_model=32, d_ff=37, num_layers=2, num_heads=4, d_kv=8, vocab_size=99, decoder_start_token_id=0)
+_BART_LIKE = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                  encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=99, max_position_embeddings=64)
+SEQ2SEQ = {
+    "t5": lambda: T5Config(**_T5_LIKE),
+    "mt5": lambda: MT5Config(**_T5_LIKE),
+    "bart": lambda: BartConfig(**_BART_LIKE),
+    "mbart": lambda: MBartConfig(**_BART_LIKE),
+}
+METHODS = {"pfeiffer": "pfeiffer", "houlsby": "houlsby",
+           "lora": {"architecture": "lora", "attn_matrices": ["q", "k", "v"], "intermediate_lora": True,
+                    "output_lora": True},
+           "ia3": "ia3"}
+
+
+def causal_lm(family: str, seed: int = 0) -> AdapterModel:
+    torch.manual_seed(seed)
+    if family in SEQ2SEQ:
+        return AdapterModel(AutoModelForSeq2SeqLM.from_config(SEQ2SEQ[family]()).eval()).eval()
+    checkpoint = AutoModelForCausalLM.from_config(CONFIGS[family]()).eval()
+    return AdapterModel(checkpoint).eval()
+
+
+def prompts(family: str = "gpt2"):
+    """Two prompts: decoders' second row left-padded (pad id 0), encoder-decoders' right-padded,
+    with decoder inputs."""
+    ids = torch.randint(3, 99, (2, 7), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    if family not in SEQ2SEQ:
+        mask[1, :3] = 0
+        return {"input_ids": ids * mask, "attention_mask": mask}
+    mask[1, 4:] = 0
+    return {"input_ids": ids * mask, "attention_mask": mask, "decoder_input_ids": ids[:, :4].flip(0)}
+
+
+def logits(model, setup=None):
+    with torch.no_grad(), model.adapter_setup(setup, head="default"):
+        return model(**prompts(model.config.model_type)).logits
+
+
+@pytest.mark.parametrize("family", [*CONFIGS, *SEQ2SEQ])
+def test_fresh_adapters_are_identities_and_trained_ones_change_outputs(family):
+    model = causal_lm(family)
+    kind = "seq2seq_lm" if family in SEQ2SEQ else "causal_lm"
+    assert model.active_head == "default" and model.heads["default"].config["head_type"] == kind
+    bare = logits(model)
+    for name, config in METHODS.items():
+        model.add_adapter(name, config)
+        assert (logits(model, name) - bare).abs().max().item() <= 1e-6, name
+    model.train_adapter("lora", train_head=False)
+    batch = prompts(family)
+    if family in SEQ2SEQ:  # the decoder's inputs come from the labels, shifted right
+        del batch["decoder_input_ids"]
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=10.0).step()
+    model.eval()
+    assert (logits(model, "lora") - bare).abs().max().item() > 1e-4
+    assert torch.equal(logits(model), bare)  # the backbone's weights did not move
+
+
+@pytest.mark.parametrize("family", [*CONFIGS, *SEQ2SEQ])
+def test_save_then_load_reproduces_outputs_and_greedy_generation_with_a_fresh_adapter_is_the_bare_models(
+        family, tmp_path):
+    model = causal_lm(family)
+    batch = prompts(family)
+    generate = dict(attention_mask=batch["attention_mask"], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        bare = model.generate(batch["input_ids"], **generate)
+    for name in ("houlsby", "lora"):
+        model.add_adapter(name, METHODS[name])
+        with torch.no_grad(), model.adapter_setup(name, head="default"):
+            assert torch.equal(model.generate(batch["input_ids"], **generate), bare), name
+        perturb(model, f".{name}.", std=0.3)
+        model.save_adapter(tmp_path / name, name)
+    fresh = causal_lm(family)
+    for name in ("houlsby", "lora"):
+        assert fresh.load_adapter(tmp_path / name) == name
+        assert torch.equal(logits(fresh, name), logits(model, name))
+        assert not torch.equal(logits(fresh, name), logits(fresh))
+
+
+def _gpt2_reference():
+    return load_file(GPT2 / "reference_outputs.safetensors")
+
+
+def run(model, ref, setup=None, head="default"):
+    with torch.no_grad(), model.adapter_setup(setup, head=head):
+        return model(input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+
+
+def close(a, b):
+    assert (a - b).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("folder", ["safetensors", "bin"])
+def test_gpt2_adapters_heads_and_generation_follow_adapterhub(folder):
+    """Bottlenecks after attention and the MLP (AdapterHub's GPT-2 mixin), LoRA on the q | k | v
+    slices of the fused Conv1D c_attn and on c_fc / c_proj, IA3 on k | v and c_fc, AdapterHub's
+    weight names, its own LM head, and greedy generation with the KV cache."""
+    ref = _gpt2_reference()
+    model = AdapterModel.from_pretrained(GPT2 / "backbone").eval()
+    close(run(model, ref).logits, ref["base.logits"])
+    for name in ("sb", "dsb", "lora", "ia3"):
+        model.load_adapter(GPT2 / folder / name, with_head=False)
+        out = run(model, ref, name)
+        close(out.hidden_states, ref[f"{name}.hidden"])
+        close(out.logits, ref[f"{name}.logits"])
+    assert model.adapters_config["lora"].attn_matrices == ("q", "k", "v")
+    model.load_adapter(GPT2 / folder / "sb", load_as="sb_head")
+    close(run(model, ref, "sb_head", head=None).logits, ref["sb.head_logits"])
+    for name in ("base", "sb", "lora"):
+        with torch.no_grad(), model.adapter_setup(None if name == "base" else name, head="default"):
+            tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
+                                    min_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
+        assert torch.equal(tokens, ref[f"generate.{name}.cache"]), name
+
+
+def test_gpt2_lora_merges_into_the_conv1d_and_saves_with_adapterhubs_names(tmp_path):
+    ref = _gpt2_reference()
+    model = AdapterModel.from_pretrained(GPT2 / "backbone").eval()
+    original = model.backbone.h[0].attn.c_attn.weight.clone()
+    for name in ("lora", "ia3"):
+        model.load_adapter(GPT2 / "safetensors" / name, set_active=True, with_head=False)
+        model.active_head = "default"
+        model.merge_adapter(name)
+        close(run(model, ref, None).logits, ref[f"{name}.logits"])
+        model.reset_adapter()
+        close(model.backbone.h[0].attn.c_attn.weight, original)
+    model.save_adapter(tmp_path / "lora", "lora")
+    ours, theirs = (load_file(p / "adapter.safetensors") for p in (tmp_path / "lora", GPT2 / "safetensors" / "lora"))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # q and v only: their slices of c_attn's output change, k's does not
+    model.add_adapter("qv", {"architecture": "lora", "attn_matrices": ["q", "v"]})
+    c_attn = model.backbone.h[0].attn.c_attn
+    lora = c_attn.loras["qv"]
+    assert tuple(lora.lora_A.shape) == (16, 32) and tuple(lora.lora_B.shape) == (64, 8)
+    perturb(model, ".qv.", std=0.5)
+    seen = []
+    c_attn.register_forward_hook(lambda m, args, out: seen.append(out))
+    run(model, ref, None)
+    run(model, ref, "qv")
+    changed = [(seen[0][..., s * 32:(s + 1) * 32] - seen[1][..., s * 32:(s + 1) * 32]).abs().max().item()
+               for s in range(3)]
+    assert changed[0] > 1e-3 and changed[1] == 0 and changed[2] > 1e-3
+
+
+@pytest.mark.parametrize("family, tied", [("gpt2", True), ("llama", False)])
+def test_a_new_lm_head_is_tied_to_the_input_embeddings_when_the_config_ties_them(family, tied):
+    model = causal_lm(family)
+    head = model.add_head("lm", "causal_lm")
+    embeddings = model.backbone.get_input_embeddings().weight
+    assert (head[-1].weight is embeddings) == tied
+    model.add_adapter("lm", "pfeiffer")
+    model.train_adapter("lm")
+    assert not embeddings.requires_grad  # a tied head does not train the embeddings (AdapterHub's rule)
+    assert head[-1].weight.requires_grad != tied
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
+def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family):
+    """Bottlenecks in both stacks (T5 in its sub-layer modules, BART post-LN, mBART pre-LN), LoRA
+    and IA3 in self- and cross-attention and the feed-forward, the seq2seq_lm heads (T5's scaled
+    input), greedy generation with the KV cache."""
+    ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
+    model = AdapterModel.from_pretrained(FIXTURES / family / "backbone").eval()
+    assert model.active_head == "default" and model.heads["default"].config["head_type"] == "seq2seq_lm"
+    inputs = {k: ref[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+
+    def run(setup, head="default"):
+        with torch.no_grad(), model.adapter_setup(setup, head=head):
+            return model(**inputs)
+
+    close(run(None).logits, ref["base.logits"])
+    for name in ("sb", "dsb", "lora", "ia3"):
+        model.load_adapter(FIXTURES / family / "safetensors" / name, with_head=False)
+        out = run(name)
+        close(out.hidden_states, ref[f"{name}.hidden"])
+        close(out.logits, ref[f"{name}.logits"])
+    model.load_adapter(FIXTURES / family / "bin" / "sb", load_as="sb_head")
+    close(run("sb_head", head=None).logits, ref["sb.head_logits"])
+    pad = 0 if family == "t5" else 1
+    for name in ("base", "sb", "lora"):
+        with torch.no_grad(), model.adapter_setup(None if name == "base" else name, head="default"):
+            tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
+                                    min_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=pad)
+        assert torch.equal(tokens, ref[f"generate.{name}.cache"]), name
