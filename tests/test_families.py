@@ -13,12 +13,16 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     BartConfig,
+    Gemma2Config,
+    Gemma3TextConfig,
     GPT2Config,
+    GPTNeoXConfig,
     LlamaConfig,
     MBartConfig,
     MistralConfig,
     MT5Config,
     Qwen2Config,
+    Qwen3Config,
     T5Config,
 )
 
@@ -35,6 +39,11 @@ CONFIGS = {
     "llama": lambda: LlamaConfig(**_LLAMA_LIKE),
     "mistral": lambda: MistralConfig(**_LLAMA_LIKE),
     "qwen2": lambda: Qwen2Config(**_LLAMA_LIKE),
+    "qwen3": lambda: Qwen3Config(**_LLAMA_LIKE, head_dim=8),
+    "gemma2": lambda: Gemma2Config(**_LLAMA_LIKE, head_dim=8),
+    "gemma3_text": lambda: Gemma3TextConfig(**_LLAMA_LIKE, head_dim=8),
+    "gpt_neox": lambda: GPTNeoXConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                                      vocab_size=99, max_position_embeddings=64),
 }
 _T5_LIKE = dict(d_model=32, d_ff=37, num_layers=2, num_heads=4, d_kv=8, vocab_size=99, decoder_start_token_id=0)
 _BART_LIKE = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
@@ -223,3 +232,18 @@ def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family)
             tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
                                     min_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=pad)
         assert torch.equal(tokens, ref[f"generate.{name}.cache"]), name
+
+
+def test_gpt_neox_lora_adapts_the_slices_of_each_head_in_its_fused_projection():
+    """GPT-NeoX lays query_key_value out per head (q_h | k_h | v_h): a LoRA on q changes the
+    first third of every head's columns and nothing else."""
+    model = causal_lm("gpt_neox")
+    model.add_adapter("q", {"architecture": "lora", "attn_matrices": ["q"]})
+    perturb(model, ".q.", std=0.5)
+    projection = model.backbone.layers[0].attention.query_key_value
+    seen = []
+    projection.register_forward_hook(lambda m, args, out: seen.append(out.view(*out.shape[:2], 4, 3, 8)))
+    logits(model)
+    logits(model, "q")
+    changed = (seen[0] - seen[1]).abs().amax(dim=(0, 1, 4))  # (head, q/k/v)
+    assert (changed[:, 0] > 1e-3).all() and (changed[:, 1:] == 0).all()

@@ -1,5 +1,6 @@
-"""Decoder families: Llama and its kin with the same layout, and GPT-2 (pre-LN: each sub-layer's
-input is normalized, and its output is added to the residual inline, ``x + h``)."""
+"""Decoder families: Llama and its kin with the same layout (Mistral, Qwen2/3, Gemma 2/3), GPT-2
+and GPT-NeoX (pre-LN: each sub-layer's input is normalized, and its output is added to the
+residual inline, ``x + h``)."""
 
 from __future__ import annotations
 
@@ -68,4 +69,40 @@ GPT2 = Family(
     },
 )
 
-FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2, "gpt2": GPT2}
+# Gemma 2/3 normalize each sub-layer's output before the add; AdapterHub's plugin hooks the
+# attention's and the MLP's outputs (before those norms), as here, with Qwen2's MLP names.
+GEMMA2 = replace(QWEN2, stacks={"decoder": replace(QWEN2.stacks["decoder"], sites={
+    **QWEN2.stacks["decoder"].sites,
+    "output_adapter": replace(QWEN2.stacks["decoder"].sites["output_adapter"], residual="pre_feedforward_layernorm"),
+})})
+
+# GPT-NeoX (Pythia): no AdapterHub support, so its names follow our other decoders. Attention and
+# MLP usually read the same x and both add to it (use_parallel_residual); q, k and v are fused
+# per head in attention.query_key_value.
+GPT_NEOX = Family(
+    kind="decoder",
+    embeddings="emb_dropout",
+    stacks={"decoder": LayerStack(
+        path="layers",
+        attention="attention",
+        sites={
+            "mh_adapter": ResidualSite(PRE_LN, output="post_attention_dropout", residual="input_layernorm",
+                                       residual_arg=("input", 0), container="attention_adapters"),
+            "output_adapter": ResidualSite(PRE_LN, output="post_mlp_dropout", residual="post_attention_layernorm",
+                                           residual_arg=("input", 0), container="output_adapters"),
+        },
+        projections={"q": "attention.query_key_value", "k": "attention.query_key_value",
+                     "v": "attention.query_key_value", "o": "attention.dense",
+                     "intermediate": "mlp.dense_h_to_4h", "output": "mlp.dense_4h_to_h"},
+        fused={"attention.query_key_value": ("q", "k", "v")},
+        fused_groups="num_attention_heads",
+    )},
+    static_heads={
+        "ForCausalLM": StaticHead({"head_type": "causal_lm"}, ("lm_head",)),
+        "ForSequenceClassification": LLAMA.static_heads["ForSequenceClassification"],
+        "ForTokenClassification": GPT2.static_heads["ForTokenClassification"],
+    },
+)
+
+FAMILIES = {"llama": LLAMA, "mistral": LLAMA, "qwen2": QWEN2, "qwen3": QWEN2, "gemma2": GEMMA2,
+            "gemma3_text": GEMMA2, "gpt2": GPT2, "gpt_neox": GPT_NEOX}

@@ -45,6 +45,9 @@ class LayerStack:
     # One projection computing several of the keys above side by side along its output (GPT-2's
     # c_attn: q | k | v): its path -> those keys in column order. LoRA adapts their slices.
     fused: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The config attribute that counts the groups a fused output is laid out in (GPT-NeoX: per
+    # head, q_h | k_h | v_h); None: one group (GPT-2: q | k | v)
+    fused_groups: str | None = None
 
 
 @dataclass(frozen=True)

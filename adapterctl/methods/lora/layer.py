@@ -45,15 +45,17 @@ def weight_of(projection: nn.Module) -> torch.Tensor:
 
 class _Slices(nn.Module):
     """Where the outputs of an adapter on a fused projection go: the rows (of ``out``) of the
-    slices it adapts, as a non-saved index buffer."""
+    slices it adapts, as a non-saved index buffer. ``groups``: the output is laid out per
+    attention head, each head's q | k | v side by side (GPT-NeoX); 1: q | k | v (GPT-2)."""
 
-    def __init__(self, slices: tuple[bool, ...] | None, out_features: int):
+    def __init__(self, slices: tuple[bool, ...] | None, out_features: int, groups: int = 1):
         super().__init__()
         self.slices = slices
         self.out_features = out_features
         if slices is not None:
-            width = out_features // len(slices)
-            rows = [i for s, on in enumerate(slices) if on for i in range(s * width, (s + 1) * width)]
+            width = out_features // (len(slices) * groups)  # one slice of one group
+            rows = [g * len(slices) * width + s * width + i
+                    for s, on in enumerate(slices) if on for g in range(groups) for i in range(width)]
             self.register_buffer("rows", torch.tensor(rows), persistent=False)
 
     @property
@@ -75,10 +77,10 @@ class LoRA(nn.Module):
     """A low-rank update ``alpha / r * B A``; B starts at zero (``init_weights="lora"``)."""
 
     def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
-                 slices: tuple[bool, ...] | None = None):
+                 slices: tuple[bool, ...] | None = None, groups: int = 1):
         super().__init__()
         dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.fused = _Slices(slices, out_features)
+        self.fused = _Slices(slices, out_features, groups)
         n = self.fused.n
         self.lora_A = nn.Parameter(torch.zeros(config.r * n, in_features, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), config.r, dtype=dtype))
@@ -127,9 +129,9 @@ class IA3(nn.Module):
     """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one."""
 
     def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
-                 slices: tuple[bool, ...] | None = None):
+                 slices: tuple[bool, ...] | None = None, groups: int = 1):
         super().__init__()
-        self.fused = _Slices(slices, out_features)
+        self.fused = _Slices(slices, out_features, groups)
         self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), 1))
         self.scaling = config.alpha
         self.gate = _gate(config, in_features)
@@ -179,10 +181,11 @@ def _gate_value(gate: nn.Linear, layer_input: torch.Tensor) -> torch.Tensor:
 
 
 def build(config: LoRAConfig, in_features: int, out_features: int,
-          slices: tuple[bool, ...] | None = None) -> LoRA | IA3:
-    """``slices``: on a fused projection, which of its side-by-side outputs the adapter adapts."""
+          slices: tuple[bool, ...] | None = None, groups: int = 1) -> LoRA | IA3:
+    """``slices``: on a fused projection, which of its side-by-side outputs the adapter adapts
+    (``groups``: their layout, see ``_Slices``)."""
     cls = IA3 if config.composition_mode == "scale" else LoRA
-    return cls(config, in_features, out_features, slices)
+    return cls(config, in_features, out_features, slices, groups)
 
 
 class LoRAState(NamedTuple):

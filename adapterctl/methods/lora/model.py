@@ -29,7 +29,8 @@ class LoRAMethod(Method):
                 if (stack, idx, key) not in self.layers:
                     self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(path))
                 lora_layer = self.layers[stack, idx, key]
-                lora_layer.loras[name] = host.like_model(build(config, *features(lora_layer.linear), slices))
+                groups = getattr(host.config, spec.fused_groups) if spec.fused_groups else 1
+                lora_layer.loras[name] = host.like_model(build(config, *features(lora_layer.linear), slices, groups))
 
     def _places(self, config: LoRAConfig) -> list[str]:
         """The projections (keys of the family spec) the config adapts; refuses ones it lacks."""
