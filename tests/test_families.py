@@ -247,3 +247,14 @@ def test_gpt_neox_lora_adapts_the_slices_of_each_head_in_its_fused_projection():
     logits(model, "q")
     changed = (seen[0] - seen[1]).abs().amax(dim=(0, 1, 4))  # (head, q/k/v)
     assert (changed[:, 0] > 1e-3).all() and (changed[:, 1:] == 0).all()
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
+def test_decoder_inputs_from_labels_are_transformers_own(family):
+    from adapterctl.heads.language_modeling import decoder_inputs
+
+    torch.manual_seed(0)
+    checkpoint = AutoModelForSeq2SeqLM.from_config(SEQ2SEQ[family]())
+    labels = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(5))
+    labels[1, 4:] = -100
+    assert torch.equal(decoder_inputs(labels, checkpoint.config), checkpoint.prepare_decoder_input_ids_from_labels(labels))
