@@ -23,7 +23,8 @@ def test_generation_with_stack_and_batchsplit_keeps_its_tokens_with_the_kv_cache
     def generate(setup, rows=slice(None), use_cache=True):
         with torch.no_grad(), model.adapter_setup(setup, head="default"):
             return model.generate(batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
-                                  max_new_tokens=5, do_sample=False, pad_token_id=0, use_cache=use_cache)
+                                  max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0,
+                                  use_cache=use_cache)  # no row stops early: lengths match alone and batched
 
     bare = generate(None)
     for setup in ("a", Stack("a", "b")):

@@ -101,7 +101,7 @@ def test_families_that_share_llamas_layout_are_one_entry(config_class):
 def test_a_family_without_an_entry_lists_the_supported_ones():
     from transformers import BloomConfig
 
-    with pytest.raises(UnsupportedModelError, match="'bloom' is not supported; adapterctl supports bert.*gpt2.*qwen2"):
+    with pytest.raises(UnsupportedModelError, match="'bloom' is not supported; adapterctl supports bart, bert.*gpt2.*t5"):
         AdapterModel(AutoModel.from_config(BloomConfig(hidden_size=32, n_layer=1, n_head=4, vocab_size=99)))
 
 
