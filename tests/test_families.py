@@ -258,3 +258,15 @@ def test_decoder_inputs_from_labels_are_transformers_own(family):
     labels = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(5))
     labels[1, 4:] = -100
     assert torch.equal(decoder_inputs(labels, checkpoint.config), checkpoint.prepare_decoder_input_ids_from_labels(labels))
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_invertible_adapters_of_encoder_decoders_act_on_the_encoders_embeddings_only(family):
+    """The embeddings are shared by both stacks; AdapterHub runs the invertible block in the
+    encoder only (T5: after its embeddings, BART/mBART: after their normalization)."""
+    model = causal_lm(family)
+    model.add_adapter("inv", "pfeiffer+inv", set_active=True)
+    calls = []
+    model.backbone.invertible_adapters["inv"].register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    logits(model, "inv")
+    assert calls == [torch.Size([2, 7, 32])]  # the encoder's batch, not the decoder's (2, 4)

@@ -36,7 +36,7 @@ def _t5_stack(stack: str, ff: int) -> LayerStack:
 
 T5 = Family(
     kind="encoder-decoder",
-    embeddings="shared",
+    embeddings="encoder.embed_tokens",  # invertible adapters: the encoder's embeddings only, as AdapterHub's
     stacks={"encoder": _t5_stack("encoder", 1), "decoder": _t5_stack("decoder", 2)},
     static_heads=_LM,
 )
@@ -76,7 +76,7 @@ def _bart_stack(stack: str, pre_ln: bool) -> LayerStack:
 
 BART = Family(
     kind="encoder-decoder",
-    embeddings="shared",
+    embeddings="encoder.layernorm_embedding",  # invertible adapters: after the encoder's embedding norm (AdapterHub)
     stacks={"encoder": _bart_stack("encoder", False), "decoder": _bart_stack("decoder", False)},
     static_heads=_LM,
 )
