@@ -104,15 +104,37 @@ def adapter_source(spec: str, base: Path = Path("outputs")) -> Path | str:
     return runs[-1].parent if runs else spec
 
 
+def task_of(source):
+    """The task config an adapter was trained for, when its folder says: the train run it sits
+    in (``<run>/adapters/<name>``) or the export it came from (``card.yaml`` beside it, whose
+    subtask names a task in ``conf/task/``); None for a bare folder or a Hub id."""
+    import yaml
+
+    from . import export, folders
+    from .settings import conf_dir
+
+    path = Path(str(source))
+    run = path.parent.parent
+    if path.parent.name == "adapters" and (run / folders.RUN_JSON).is_file() and (run / "config.yaml").is_file():
+        return OmegaConf.load(run / "config.yaml").get("task")
+    card = path.parent / export.CARD
+    if card.is_file():
+        subtask = (yaml.safe_load(card.read_text()) or {}).get("subtask")
+        task_file = conf_dir() / "task" / f"{subtask}.yaml"
+        if isinstance(subtask, str) and subtask.isidentifier() and task_file.is_file():
+            return OmegaConf.load(task_file)
+    return None
+
+
 def load_below(model: AdapterModel, sources) -> list[str]:
     """``setup=[...]``: adapters (run, exported or adapter folders, names, Hub ids) loaded frozen
     and without heads, to run below the trained or evaluated one (MAD-X: a language adapter)."""
     return [model.load_adapter(adapter_source(str(s)), with_head=False) for s in sources or []]
 
 
-def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str) -> None:
+def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str, overwrite: bool = False) -> None:
     """Full fine-tuning's result: the backbone (transformers format) and the head beside it."""
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
         model.backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         model.write_head(tmp, name)
@@ -160,7 +182,7 @@ def parallel_from(cfg):
     for i, spec in enumerate(specs):
         source = adapter_source(spec)
         name = model.load_adapter(source, load_as=_load_as(model, source, i))
-        tasks.append((name, runs[i][1].task if runs else cfg.get("task")))
+        tasks.append((name, runs[i][1].task if runs else cfg.get("task") or task_of(source)))
     model.set_active_adapters(Parallel(*[name for name, _ in tasks]))
     return model.eval(), tokenizer, tasks, trainer
 
@@ -195,5 +217,6 @@ def trained_from(cfg):
                                            run / full if full else None, labels=labels or record["label_names"],
                                            below=below)
         return model, tokenizer, task_cfg or run_cfg.task, run_cfg.trainer
-    model, tokenizer, _ = load_trained(cfg.backbone.path, cfg.adapter_path, None, labels=labels, below=cfg.setup)
-    return model, tokenizer, task_cfg, cfg.trainer
+    source = adapter_source(cfg.adapter_path)
+    model, tokenizer, _ = load_trained(cfg.backbone.path, source, None, labels=labels, below=cfg.setup)
+    return model, tokenizer, task_cfg or task_of(source), cfg.trainer

@@ -16,9 +16,9 @@ from .. import metrics
 from ..core.model import AdapterModelOutput
 from ..data import Task, data_root, load_rows
 from ..errors import AdapterConfigError
-from . import build, folders, loop, settings
+from . import build, folders, loop
 from .loggers import LOG, log_to
-from .train import sample
+from .runner import sample
 
 
 def _score(cfg, accelerator, scorer, tokenizer, task_cfg, trainer) -> tuple[dict, int]:
@@ -29,8 +29,8 @@ def _score(cfg, accelerator, scorer, tokenizer, task_cfg, trainer) -> tuple[dict
     return loop.evaluate(accelerator, scorer, task, encoded, trainer.eval_batch_size, task_cfg.metrics), len(encoded)
 
 
-def run(overrides: list[str]) -> dict:
-    cfg = settings.load("evaluate", overrides)
+def run(cfg, overrides: list[str]) -> dict:
+    """Score with the composed ``cfg``; prints and returns the metrics."""
     if build.is_parallel(cfg):
         return run_parallel(cfg, overrides)
     model, tokenizer, task_cfg, trainer = build.trained_from(cfg)
@@ -39,7 +39,7 @@ def run(overrides: list[str]) -> dict:
     metrics.check(task_cfg.metrics)
     accelerator = loop.accelerator_for(trainer)
     folder = folders.new_folder("evaluate", cfg.output_dir) if accelerator.is_main_process else None
-    log_to(folder / "evaluate.log" if folder else None)
+    log_to(folder / "evaluate.log" if folder else None, accelerator.is_main_process)
     scores, rows = _score(cfg, accelerator, model, tokenizer, task_cfg, trainer)
     if folder:
         folders.write_config(folder, cfg, overrides)
@@ -71,7 +71,7 @@ def run_parallel(cfg, overrides: list[str]) -> dict:
         metrics.check(task_cfg.metrics)
     accelerator = loop.accelerator_for(trainer)
     folder = folders.new_folder("evaluate", cfg.output_dir) if accelerator.is_main_process else None
-    log_to(folder / "evaluate.log" if folder else None)
+    log_to(folder / "evaluate.log" if folder else None, accelerator.is_main_process)
     results = {}
     for index, (name, task_cfg) in enumerate(tasks):
         scores, rows = _score(cfg, accelerator, ParallelHead(model, index), tokenizer, task_cfg, trainer)

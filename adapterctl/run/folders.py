@@ -2,7 +2,8 @@
 
 A run folder holds ``config.yaml`` (resolved), ``overrides.yaml``, ``<command>.log``,
 ``run.json`` (what the run is: task, dataset, backbone, adapter, head, labels, metrics, so
-that ``export`` needs no Hydra), ``metrics.json``, ``checkpoints/`` and ``adapters/<name>/``.
+that ``export`` needs no Hydra), ``metrics.json`` (written last: a run without it is
+unfinished), ``adapters/<name>/`` (or ``model/``), and while it trains ``checkpoints/``.
 An existing folder is never reused silently.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -22,12 +24,19 @@ RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
 
 
+CHECKPOINTS = "checkpoints"
+
+
 def new_folder(command: str, output_dir: str | None, base: Path = Path("outputs")) -> Path:
-    """A fresh run folder; refuses one that exists and holds anything."""
+    """A fresh run folder; refuses one that exists and holds anything, or a path that is a file."""
     if output_dir:
         folder = Path(output_dir)
     else:
         folder = base / command / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    taken = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
+    if taken is not None:
+        raise AdapterConfigError(f"output_dir={output_dir or folder}: {taken} is a file, not a folder; "
+                                 "choose another output_dir=...")
     if folder.exists() and any(folder.iterdir()):
         raise AdapterConfigError(
             f"output folder {folder} already exists; choose another output_dir=..., or continue it with resume=true"
@@ -36,14 +45,51 @@ def new_folder(command: str, output_dir: str | None, base: Path = Path("outputs"
     return folder
 
 
-def latest_run(command: str, base: Path = Path("outputs")) -> Path:
-    """The newest run folder of ``command`` that has a checkpoint (what ``resume=true`` continues)."""
-    runs = sorted(p.parent.parent for p in (base / command).glob("*/checkpoints/last"))
+def is_finished(folder: Path) -> bool:
+    """A run that wrote its metrics: nothing left to resume."""
+    return (folder / METRICS_JSON).is_file()
+
+
+def last_checkpoint(folder: Path) -> Path:
+    return folder / CHECKPOINTS / "last"
+
+
+def latest_unfinished(command: str, base: Path = Path("outputs")) -> Path:
+    """The unfinished run of ``command`` (a checkpoint, no metrics) whose checkpoint is newest,
+    multirun jobs included: what ``resume=true`` continues."""
+    runs = [p.parents[1] for pattern in ("*/checkpoints/last", "*/*/checkpoints/last")
+            for p in (base / command).glob(pattern)]
+    runs = [run for run in runs if not is_finished(run)]
     if not runs:
         raise AdapterConfigError(
-            f"nothing to resume: no run under {base / command} has a checkpoint; drop resume=true or give output_dir=<run>"
+            f"nothing to resume: no unfinished run under {base / command} (one with checkpoints/last and no "
+            f"{METRICS_JSON}); drop resume=true to start a new run, or give output_dir=<run folder>"
         )
-    return runs[-1]
+    return max(runs, key=lambda run: last_checkpoint(run).stat().st_mtime)
+
+
+def resumable(command: str, output_dir: str | None) -> Path:
+    """The run ``resume=true`` continues: ``output_dir``, else the newest unfinished one; refuses a
+    finished run and a folder that has no checkpoint."""
+    if not output_dir:
+        return latest_unfinished(command)
+    folder = Path(output_dir)
+    if not (folder / "config.yaml").is_file():
+        raise AdapterConfigError(f"{folder} is not a run folder (no config.yaml); give output_dir=<run folder> "
+                                 "to resume, or drop resume=true")
+    if is_finished(folder):
+        raise AdapterConfigError(f"{folder} is a finished run (it has {METRICS_JSON}): nothing to resume; "
+                                 "drop resume=true to start a new run in another output_dir=...")
+    if not last_checkpoint(folder).is_dir():
+        raise AdapterConfigError(f"{folder} has no checkpoint yet (it stopped before its first): start it again "
+                                 "in another output_dir=..., without resume=true")
+    return folder
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """A finished run keeps its result (``adapters/`` or ``model/``), not the checkpoints that
+    only resuming needed (for full fine-tuning, three copies of the model)."""
+    shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
 
 
 def write_config(folder: Path, cfg, overrides: list[str]) -> None:

@@ -10,35 +10,19 @@ folder ``<a,b,c>/`` with the head), which ``AdapterModel.load_adapter_setup`` an
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
-from .. import metrics
 from ..core.composition import Fuse
-from ..data import Task, data_root, load_rows
-from ..errors import AdapterConfigError
-from . import build, folders, loop, settings
-from .loggers import LOG, Trackers, log_to
-from .train import run_folder, sample, write_result
+from . import build, runner
 
 SETUP_DIR = "setup"
 
 
-def run(overrides: list[str]) -> Path:
-    """One fusion run; returns its folder."""
-    cfg = settings.load("fuse", overrides)
-    if len(cfg.adapters) < 2:
-        raise AdapterConfigError(f"fuse needs at least two adapters, got {list(cfg.adapters)}: adapters=[a,b,...]")
-    metrics.check(cfg.task.metrics)
-    accelerator = loop.accelerator_for(cfg.trainer)
-    folder = run_folder(cfg, accelerator, "fuse")
-    main = accelerator.is_main_process
-    log_to(folder / "fuse.log" if main else None)
-    started = time.time()
-    set_seed(cfg.seed)
+def build_run(cfg) -> runner.Built:
+    """The backbone, the named adapters frozen and without heads, a fusion over them and a new
+    head for the task: only the fusion and the head train."""
     model, tokenizer = build.load_backbone(cfg.backbone.path)
     sources = [build.adapter_source(spec) for spec in cfg.adapters]
     names = [model.load_adapter(source, with_head=False) for source in sources]
@@ -48,25 +32,18 @@ def run(overrides: list[str]) -> Path:
     model.train_fusion(setup, backbone_dropout=cfg.trainer.backbone_dropout)
     if cfg.trainer.gradient_checkpointing:
         build.checkpoint_activations(model)
-    task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
-    root = data_root(cfg.data_root)
-    train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
-    eval_set = task.encode(sample(load_rows(cfg.task, root, "validation"), cfg.trainer.max_eval_samples), "validation")
-    LOG.info("%s: %d train / %d validation rows; %s fusion over %s\n%s", task.name, len(train_set), len(eval_set),
-             cfg.fusion.preset, ", ".join(names), model.adapter_summary())
-    if main and not cfg.resume:
-        folders.write_config(folder, cfg, overrides)
-        folders.write_json(folder / folders.RUN_JSON, run_record(cfg, sources, fusion))
-    trackers = Trackers(folder, cfg.logger.backends, enabled=main)
-    state = loop.train(cfg, accelerator, model, task, train_set, eval_set, folder, trackers, resume=cfg.resume)
-    trackers.close()
-    if main:
-        model.save_adapter_setup(folder / SETUP_DIR, setup)
-        write_result(cfg, folder, state, accelerator, started, fusion=fusion, train_rows=len(train_set),
-                     validation_rows=len(eval_set))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return folder
+
+    def save(folder: Path, overwrite: bool) -> dict:
+        model.save_adapter_setup(folder / SETUP_DIR, setup, overwrite=overwrite)
+        return {"fusion": fusion}
+
+    return runner.Built(model, tokenizer, f"{cfg.fusion.preset} fusion over {', '.join(names)}",
+                        run_record(cfg, sources, fusion), save)
+
+
+def run(cfg, overrides: list[str]) -> Path:
+    """One fusion run with the composed ``cfg``; returns its folder."""
+    return runner.run(cfg, overrides, "fuse", build_run)
 
 
 def run_record(cfg, sources: list, fusion: str) -> dict:

@@ -1,9 +1,31 @@
-"""The accelerate loop: one code path for one CPU, one GPU, or many processes.
+"""The training loop, as a library function: one code path for one CPU, one GPU or many processes.
 
+``train`` takes any model whose ``forward(**batch)`` returns an output with ``.loss`` (an
+``AdapterModel`` after ``train_adapter`` or ``train_fusion``, or any transformers model), the
+training rows as feature dicts and a collator. It evaluates when asked, keeps the best
+weights, and with a ``checkpoints`` folder resumes bit-exactly after a ``kill -9``. The
+``adapterctl train`` and ``fuse`` commands call it; so can a script::
+
+    from transformers import DataCollatorWithPadding
+    from adapterctl.run.loop import TrainerSettings, train
+
+    model.train_adapter("rte")                      # or train_fusion(...): its loss is added
+    state = train(model, features, collate=DataCollatorWithPadding(tokenizer),
+                  settings=TrainerSettings(max_steps=300, lr=1e-3, batch_size=32), seed=42,
+                  evaluate=lambda m: {"accuracy": accuracy(m)}, main_metric="accuracy")
+    state.best_metrics, state.best_step             # the model now holds the best weights
+
+``features`` is a list of dicts the collator batches (``input_ids``, ``attention_mask``,
+``labels``, ...). ``evaluate`` gets the model (in eval mode) and returns metrics, higher
+``main_metric`` is better; without it the last weights are kept. The caller seeds the model's
+initialization (``accelerate.utils.set_seed``); ``seed`` here fixes the data order.
+
+Why resume is exact: each epoch's order comes from ``seed + epoch`` and a resumed epoch skips
+the rows already done; the data loaders draw from their own generators, never from the global
+one that dropout uses; and a checkpoint carries every process's RNG states, the optimizer,
+scheduler and gradient scaler, and the losses not yet logged.
 ``trainer.batch_size`` is the global batch: accelerate splits each batch across processes
-(``split_batches``), so two processes take the same optimizer steps as one. Each epoch's
-order comes from a generator seeded with ``seed + epoch``, so a resumed run sees the same
-batches as an uninterrupted one and can skip the ones already done.
+(``split_batches``), so two processes take the same optimizer steps as one.
 """
 
 from __future__ import annotations
@@ -11,22 +33,28 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, gather_object
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import metrics as metric_fns
 from ..data import Encoded, Task
-from ..errors import AdapterConfigError
-from . import checkpoint
+from ..errors import AdapterConfigError, CorruptFileError
+from . import checkpoint, schema
 from .loggers import LOG
+from .schema import AdapterDropSettings, TrainerSettings
 
+__all__ = ["LoopState", "TrainerSettings", "AdapterDropSettings", "train", "accelerator_for", "steps_per_epoch",
+           "total_steps", "evaluate", "predict_split"]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LAST, BEST = "last", "best"
 
 
 @dataclass
@@ -39,28 +67,213 @@ class LoopState:
     best_metrics: dict = field(default_factory=dict)
     evals_without_improvement: int = 0
     train_loss: float | None = None
+    pending_losses: list = field(default_factory=list)  # losses since the last logged mean
+    total_steps: int | None = None
+
+    @classmethod
+    def from_checkpoint(cls, values: dict, source) -> "LoopState":
+        known = {f.name for f in fields(cls)}
+        if not set(values) <= known:
+            raise CorruptFileError(f"{source} has loop counters adapterctl does not write "
+                                   f"({', '.join(sorted(set(values) - known))}); the checkpoint is damaged")
+        return cls(**values)
 
 
-def accelerator_for(trainer) -> Accelerator:
+def accelerator_for(settings) -> Accelerator:
     # AdapterDrop leaves the dropped layers' adapters without gradients in a step: DDP must allow that
-    unused = DistributedDataParallelKwargs(find_unused_parameters=bool(trainer.get("adapter_drop", {}).get("max_layer")))
+    unused = DistributedDataParallelKwargs(find_unused_parameters=bool(settings.adapter_drop.max_layer))
     # Under torchrun on a machine without a GPU, accelerate enters MULTI_CPU (gloo) only when told cpu=True.
     launched_without_gpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(dataloader_config=DataLoaderConfiguration(split_batches=True),
-                       mixed_precision=trainer.mixed_precision,
-                       gradient_accumulation_steps=trainer.gradient_accumulation_steps, kwargs_handlers=[unused],
+                       mixed_precision=settings.mixed_precision,
+                       gradient_accumulation_steps=settings.gradient_accumulation_steps, kwargs_handlers=[unused],
                        cpu=launched_without_gpu)
 
 
-def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded, batch_size: int) -> list:
+def steps_per_epoch(settings, rows: int) -> int:
+    return math.ceil(math.ceil(rows / settings.batch_size) / settings.gradient_accumulation_steps)
+
+
+def total_steps(settings, rows: int) -> int:
+    """``max_steps``, else ``epochs`` passes over ``rows``."""
+    return settings.max_steps or settings.epochs * steps_per_epoch(settings, rows)
+
+
+def _loader(rows: Sequence, batch_size: int, collate) -> DataLoader:
+    """In order, and with its own generator: creating an iterator then leaves the global RNG
+    (dropout's) alone, so a resumed epoch draws exactly what the uninterrupted one drew."""
+    return DataLoader(rows, batch_size=batch_size, collate_fn=collate, generator=torch.Generator())
+
+
+def train(model, rows: Sequence[dict], *, collate: Callable, settings: TrainerSettings | None = None, seed: int = 42,
+          evaluate: Callable[[object], dict] | None = None, main_metric: str | None = None,
+          checkpoints: Path | None = None, resume: bool = False, accelerator: Accelerator | None = None,
+          log: Callable[[int, dict], None] | None = None, log_every: int = 10, progress: bool = True) -> LoopState:
+    """Train ``model``'s trainable parameters on ``rows`` to ``max_steps`` (or ``epochs``),
+    evaluating every ``eval_steps`` (else once per epoch) and at the end, and leave the best
+    weights in the model. ``checkpoints``: a folder for ``last`` (every ``save_steps`` and after
+    each evaluation) and ``best``, which ``resume=True`` continues from. ``log(step, values)``
+    receives the train loss and learning rate every ``log_every`` steps on the main process."""
+    settings = settings or TrainerSettings()
+    schema.check(settings, prefix="")
+    if settings.lr is None:
+        raise AdapterConfigError("the loop needs a learning rate: TrainerSettings(lr=...)")
+    if evaluate is not None and not main_metric:
+        raise AdapterConfigError("evaluate= needs main_metric=, the key of its result that picks the best weights")
+    if resume and checkpoints is None:
+        raise AdapterConfigError("resume=True needs checkpoints=<the folder the interrupted run wrote>")
+    accelerator = accelerator or accelerator_for(settings)
+    every = steps_per_epoch(settings, len(rows))
+    total = total_steps(settings, len(rows))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise AdapterConfigError("the model has no trainable parameters; call train_adapter(...) or train_fusion(...)")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(settings.scheduler, optimizer, num_warmup_steps=int(settings.warmup_ratio * total),
+                              num_training_steps=total)
+    state = LoopState(total_steps=total)
+    if resume:
+        state = _restore(Path(checkpoints) / LAST, model, optimizer, scheduler, accelerator, total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.train()
+    keeper = _BestKeeper(Path(checkpoints) / BEST if checkpoints else None, accelerator)
+    eval_every = settings.eval_steps or every
+    bar = tqdm(total=total, initial=state.step, desc="train", disable=not (progress and accelerator.is_main_process))
+    started = time.time()
+    losses = [torch.tensor(v, device=accelerator.device) for v in state.pending_losses]
+    batch, accumulation = settings.batch_size, settings.gradient_accumulation_steps
+    while state.step < total and not _patience_spent(settings, state):
+        epoch, done = divmod(state.step, every)
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        loader = accelerator.prepare(_loader([rows[i] for i in order[done * batch * accumulation:]], batch, collate))
+        for inputs in loader:
+            with accelerator.accumulate(model):
+                loss = model(**inputs).loss
+                regularization = getattr(unwrapped, "fusion_regularization_loss", lambda: None)()
+                if regularization is not None:  # AdapterFusion's value regularization
+                    loss = loss + regularization
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and settings.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            losses.append(loss.detach().float())
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            bar.update(1)
+            if state.step % log_every == 0 or state.step == total:
+                mean = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+                state.train_loss, losses = mean, []
+                bar.set_postfix(loss=f"{mean:.4f}")
+                if log is not None and accelerator.is_main_process:
+                    log(state.step, {"train/loss": mean, "train/lr": scheduler.get_last_lr()[0]})
+            evaluated = evaluate is not None and (state.step % eval_every == 0 or state.step == total)
+            if evaluated:
+                _evaluate_and_keep_best(evaluate, main_metric, unwrapped, state, keeper, log, accelerator)
+            if checkpoints and (evaluated or state.step % every == 0 or state.step == total
+                                or (settings.save_steps and state.step % settings.save_steps == 0)):
+                state.pending_losses = [float(v) for v in losses]
+                _save_last(Path(checkpoints) / LAST, unwrapped, optimizer, scheduler, state, accelerator)
+            if state.step >= total or _patience_spent(settings, state):
+                break
+    bar.close()
+    if _patience_spent(settings, state):
+        LOG.info("early stopping at step %d: no improvement in %d evaluations", state.step,
+                 state.evals_without_improvement)
+    LOG.info("trained %d steps in %.1f s", state.step, time.time() - started)
+    keeper.load_into(unwrapped, state)
+    return state
+
+
+def _restore(folder: Path, model, optimizer, scheduler, accelerator, total: int) -> LoopState:
+    if not folder.is_dir():
+        raise AdapterConfigError(f"nothing to resume: {folder} does not exist")
+    counters, processes = checkpoint.restore(folder, model, optimizer, scheduler, rank=accelerator.process_index,
+                                             scaler=accelerator.scaler)
+    state = LoopState.from_checkpoint(counters, folder / checkpoint.STATE)
+    if state.total_steps not in (None, total):
+        raise AdapterConfigError(f"{folder} was written by a run of {state.total_steps} steps, this one has {total}; "
+                                 "resume it with the settings it started with")
+    if processes != accelerator.num_processes:
+        LOG.warning("resuming with %d process(es) a checkpoint written by %d: the run continues, but its results "
+                    "will not be bit-identical to an uninterrupted run", accelerator.num_processes, processes)
+    LOG.info("resumed from %s at step %d", folder, state.step)
+    return state
+
+
+def _save_last(folder: Path, model, optimizer, scheduler, state: LoopState, accelerator) -> None:
+    rng = gather_object([checkpoint.rng_state()])  # every process's own dropout stream
+    if accelerator.is_main_process:
+        checkpoint.save(folder, model, optimizer, scheduler, asdict(state), rng, scaler=accelerator.scaler)
+    accelerator.wait_for_everyone()
+
+
+class _BestKeeper:
+    """The best weights so far: in ``checkpoints/best``, or in memory without a checkpoint folder."""
+
+    def __init__(self, folder: Path | None, accelerator):
+        self.folder, self.accelerator, self.weights = folder, accelerator, None
+
+    def keep(self, model) -> None:
+        if self.folder is None:
+            self.weights = checkpoint.trainable_state(model)
+        elif self.accelerator.is_main_process:
+            checkpoint.save_weights(self.folder, model)
+        self.accelerator.wait_for_everyone()
+
+    def load_into(self, model, state: LoopState) -> None:
+        if state.best_step is None:
+            return
+        if self.folder is not None:
+            checkpoint.load_weights(self.folder, model)
+        elif self.weights is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.weights.items():
+                    params[name].copy_(value)
+
+
+def _patience_spent(settings, state: LoopState) -> bool:
+    return bool(settings.early_stopping_patience) and state.evals_without_improvement >= settings.early_stopping_patience
+
+
+def _evaluate_and_keep_best(evaluate, main_metric, model, state: LoopState, keeper: _BestKeeper, log,
+                            accelerator) -> None:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        scores = evaluate(model)
+    model.train(was_training)
+    if main_metric not in scores:
+        raise AdapterConfigError(f"main metric {main_metric!r} is not among the computed metrics "
+                                 f"({', '.join(scores)}); pick one of them")
+    score = scores[main_metric]
+    LOG.info("step %d of %d: %s", state.step, state.total_steps, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+    if log is not None and accelerator.is_main_process:
+        log(state.step, {f"eval/{k}": v for k, v in scores.items()})
+    if state.best_score is None or score > state.best_score:
+        state.best_score, state.best_step, state.best_metrics = score, state.step, scores
+        state.evals_without_improvement = 0
+        keeper.keep(model)
+    else:
+        state.evals_without_improvement += 1
+
+
+# Evaluation of a task split (the CLI's evaluate command and the evaluations during training).
+def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded, batch_size: int,
+                  desc: str | None = "eval") -> list:
     """Per-row outputs over a split (logits, or (start, end) for QA), gathered from all processes."""
     features = [{k: v for k, v in f.items() if k in MODEL_INPUTS} for f in encoded.features]
-    loader = accelerator.prepare(DataLoader(features, batch_size=batch_size, collate_fn=task.collator()))
+    loader = accelerator.prepare(_loader(features, batch_size, task.collator()))
     was_training = model.training
     model.eval()
     rows: list = []
+    show = desc is not None and accelerator.is_main_process
     with torch.no_grad():
-        for batch in loader:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not show):
             logits = model(**batch).logits
             parts = logits if isinstance(logits, tuple) else (logits,)
             gathered = [accelerator.gather_for_metrics(accelerator.pad_across_processes(p.contiguous(), dim=1)).float().cpu()
@@ -74,93 +287,3 @@ def evaluate(accelerator, model, task: Task, encoded: Encoded, batch_size: int, 
     outputs = predict_split(accelerator, model, task, encoded, batch_size)
     predictions = task.decode(outputs, encoded)
     return metric_fns.compute(metric_names, predictions, encoded.references, num_labels=task.num_labels)
-
-
-def train(cfg, accelerator: Accelerator, model, task: Task, train_set: Encoded, eval_set: Encoded, folder,
-          trackers, resume: bool) -> LoopState:
-    """Train to ``max_steps`` (or ``epochs``), evaluating, checkpointing and keeping the best."""
-    t = cfg.trainer
-    batch, accumulation = t.batch_size, t.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / batch) / accumulation)
-    total = t.max_steps or t.epochs * steps_per_epoch
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr or cfg.adapter.lr, weight_decay=t.weight_decay)
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total),
-                              num_training_steps=total)
-    ckpt = folder / "checkpoints"
-    state = LoopState()
-    if resume:
-        state = LoopState(**checkpoint.restore(ckpt / "last", model, optimizer, scheduler))
-        LOG.info("resumed from %s at step %d", ckpt / "last", state.step)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    eval_every = t.eval_steps or steps_per_epoch
-    bar = tqdm(total=total, initial=state.step, desc="train", disable=not accelerator.is_main_process)
-    started, losses = time.time(), []
-    while state.step < total:
-        epoch, done = divmod(state.step, steps_per_epoch)
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-        rows = [train_set.features[i] for i in order[done * batch * accumulation:]]
-        loader = accelerator.prepare(DataLoader(rows, batch_size=batch, collate_fn=task.collator()))
-        for inputs in loader:
-            with accelerator.accumulate(model):
-                loss = model(**inputs).loss
-                regularization = unwrapped.fusion_regularization_loss()  # fusion training only
-                if regularization is not None:
-                    loss = loss + regularization
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            losses.append(loss.detach().float())
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            bar.update(1)
-            if state.step % cfg.logger.every == 0 or state.step == total:
-                mean = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-                state.train_loss, losses = mean, []
-                bar.set_postfix(loss=f"{mean:.4f}")
-                trackers.log(state.step, {"train/loss": mean, "train/lr": scheduler.get_last_lr()[0]})
-            if state.step % eval_every == 0 or state.step == total:
-                _evaluate_and_keep_best(cfg, accelerator, unwrapped, task, eval_set, ckpt, state, trackers)
-            if (t.save_steps and state.step % t.save_steps == 0) or state.step % eval_every == 0 or state.step == total:
-                if accelerator.is_main_process:
-                    checkpoint.save(ckpt / "last", unwrapped, optimizer, scheduler, asdict(state))
-                accelerator.wait_for_everyone()
-            if state.step >= total or _patience_spent(t, state):
-                break
-        if _patience_spent(t, state):
-            LOG.info("early stopping at step %d: no improvement in %d evaluations", state.step,
-                     state.evals_without_improvement)
-            break
-    bar.close()
-    LOG.info("trained %d steps in %.1f s", state.step, time.time() - started)
-    if state.best_step is not None:
-        checkpoint.load_weights(ckpt / "best", unwrapped)
-    return state
-
-
-def _patience_spent(trainer, state: LoopState) -> bool:
-    return bool(trainer.early_stopping_patience) and state.evals_without_improvement >= trainer.early_stopping_patience
-
-
-def _evaluate_and_keep_best(cfg, accelerator, model, task, eval_set, ckpt, state: LoopState, trackers) -> None:
-    scores = evaluate(accelerator, model, task, eval_set, cfg.trainer.eval_batch_size, cfg.task.metrics)
-    if cfg.task.main_metric not in scores:
-        raise AdapterConfigError(
-            f"task.main_metric={cfg.task.main_metric!r} is not among the computed metrics ({', '.join(scores)}); pick one"
-        )
-    score = scores[cfg.task.main_metric]
-    LOG.info("step %d: %s", state.step, ", ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-    trackers.log(state.step, {f"eval/{k}": v for k, v in scores.items()})
-    if state.best_score is None or score > state.best_score:
-        state.best_score, state.best_step, state.best_metrics = score, state.step, scores
-        state.evals_without_improvement = 0
-        if accelerator.is_main_process:
-            checkpoint.save_weights(ckpt / "best", model)
-        accelerator.wait_for_everyone()
-    else:
-        state.evals_without_improvement += 1
