@@ -25,6 +25,8 @@ commands:
 
 -m, --multirun   one run per combination of comma-separated values
 adapterctl <command> --help   the command's keys and config groups
+adapterctl <command> --cfg job   print the composed config without running (--resolve, --info)
+adapterctl --version
 """
 
 # command -> module (with run(args) or main(args)); export, fuse and hub belong to other parts.
@@ -47,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
+    if argv[0] in ("--version", "-V", "version"):
+        from . import __version__
+
+        print(f"adapterctl {__version__}")
+        return 0
     command, args = argv[0], argv[1:]
-    from .errors import AdapterConfigError, AdapterError
+    from .errors import AdapterError
 
     try:
         if command == "recipes":
@@ -57,13 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"adapterctl: unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'recipes'])}",
                   file=sys.stderr)
             return 2
-        if {"-h", "--help"} & set(args) and command in CONFIGURED:
-            return command_help(command)
+        if command in CONFIGURED:
+            return configured(command, args)
         module = _module(command)
-        if {"-m", "--multirun"} & set(args):
-            if command not in SWEEPABLE:
-                raise AdapterConfigError(f"multirun (-m) works with {' and '.join(SWEEPABLE)}; run {command} once per value")
-            return multirun_(command, module, [a for a in args if a not in ("-m", "--multirun")])
         result = module.run(args) if hasattr(module, "run") else module.main(args)
         return result if isinstance(result, int) else 0
     except (AdapterError, FileExistsError) as e:
@@ -74,9 +77,85 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def configured(command: str, args: list[str]) -> int:
+    """A command composed from ``conf/<command>.yaml``. The config is composed and checked before
+    the command's module (and torch, transformers) is imported: ``--help``, ``--cfg`` and
+    config errors answer at once."""
+    from .errors import AdapterConfigError
+    from .run import settings
+
+    if {"-h", "--help"} & set(args):
+        return command_help(command)
+    settings.reject_flags(command, args)
+    flags = {a.split("=")[0] for a in args if a.startswith("-")}
+    which = _flag_value(args, ("--cfg", "-c"))
+    overrides = _drop_flags(args)
+    if which or flags & {"--resolve", "--info", "-i"}:
+        return show_config(command, overrides, which, resolve="--resolve" in flags, info=bool(flags & {"--info", "-i"}))
+    if flags & {"-m", "--multirun"}:
+        if command not in SWEEPABLE:
+            raise AdapterConfigError(f"multirun (-m) works with {' and '.join(SWEEPABLE)}; run {command} once per value")
+        return multirun_(command, overrides)
+    cfg = settings.prepare(command, overrides)
+    result = _module(command).run(cfg, overrides)
+    return result if isinstance(result, int) else 0
+
+
+def _flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of ``--cfg job`` or ``--cfg=job``; ``job`` when given bare."""
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            if eq:
+                return value
+            following = args[i + 1] if i + 1 < len(args) else ""
+            return following if following in ("job", "hydra", "all") else "job"
+    return None
+
+
+def _drop_flags(args: list[str]) -> list[str]:
+    """The ``key=value`` overrides without the flags (and ``--cfg``'s value)."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg.startswith("-") or (i and args[i - 1] in ("--cfg", "-c") and arg in ("job", "hydra", "all")):
+            continue
+        out.append(arg)
+    return out
+
+
+def show_config(command: str, overrides: list[str], which: str | None, resolve: bool, info: bool) -> int:
+    """Hydra's habits without running: ``--cfg job|hydra|all`` prints the composed config
+    (``--resolve``: interpolations resolved), ``--info`` where it comes from."""
+    from omegaconf import OmegaConf
+
+    from .errors import AdapterConfigError
+    from .run import settings
+
+    if which not in (None, "job", "hydra", "all"):
+        raise AdapterConfigError(f"--cfg {which}: give --cfg job, --cfg hydra or --cfg all")
+    cfg = settings.compose_config(command, overrides, with_hydra=True)
+    OmegaConf.set_struct(cfg, False)
+    hydra = cfg.pop("hydra")
+    if info:
+        from . import __version__
+
+        choices = " ".join(f"{k}={v}" for k, v in hydra.runtime.choices.items() if not k.startswith("hydra/")
+                           and k != "trainer/schema")
+        print(f"adapterctl {__version__}, command {command}\nconfig: {settings.conf_dir() / command}.yaml\n"
+              f"recipes: {settings.recipes_dir()}\nchoices: {choices}\noverrides: {' '.join(overrides) or 'none'}")
+    if which in ("job", "all"):
+        print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+    if which in ("hydra", "all"):
+        print(OmegaConf.to_yaml({"hydra": hydra}, resolve=False), end="")
+    if which is None and resolve and not info:
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+    return 0
+
+
 def command_help(command: str) -> int:
     """``adapterctl <command> --help``: the command's config file, whose comments say what each
-    key does, and the options of each config group."""
+    key does, the options of each config group, and the trainer's keys with types and defaults."""
+    from .run import schema
     from .run.settings import conf_dir
 
     conf = conf_dir()
@@ -85,8 +164,15 @@ def command_help(command: str) -> int:
     print(text)
     print("config groups: group=option picks a file, group.key=value changes one key (trainer.lr=1e-3)")
     for group in sorted(p for p in conf.iterdir() if p.is_dir() and f"- {p.name}:" in text):
-        print(f"  {group.name:9s} {', '.join(sorted(f.stem for f in group.glob('*.yaml')))}")
-    print(f"each option's keys, with comments: {conf}/<group>/<option>.yaml (e.g. trainer/default.yaml)")
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        print(f"  {group.name:9s} {', '.join(options)}")
+    print(f"each option's keys, with comments: {conf}/<group>/<option>.yaml (e.g. adapter/houlsby.yaml)")
+    if "- trainer:" in text:
+        print("\ntrainer keys (types and defaults: adapterctl/run/schema.py):")
+        for key, kind, default, about in schema.describe():
+            print(f"  {key:<38s} {kind:<14s} {default:<8s} {about}")
+    print("\n--cfg job|all prints the composed config without running (--resolve: values resolved), --info where "
+          "it comes from")
     return 0
 
 
@@ -101,24 +187,35 @@ def _module(command: str):
         raise
 
 
-def multirun_(command: str, module, args: list[str]) -> int:
+def multirun_(command: str, overrides: list[str]) -> int:
     """Each combination runs in its own folder under ``outputs/<command>/<date>_<time>/<n>``;
-    ``summary.json`` and ``summary.csv`` there list each job's overrides and metrics."""
+    ``summary.json`` and ``summary.csv`` there list each job's overrides and metrics. Every
+    combination is composed and checked before the first job starts; a job that fails still
+    leaves the summary of the jobs before it (and its error)."""
     from .errors import AdapterConfigError
     from .run import folders, settings
 
-    if any(a.startswith("output_dir=") for a in args):
+    if any(a.startswith("output_dir=") for a in overrides):
         raise AdapterConfigError("output_dir cannot be set in a multirun: each job gets its own folder")
-    jobs = settings.sweep(args)
+    jobs = settings.sweep(command, overrides)
+    module = _module(command)
     sweep_dir = folders.new_folder(command, None)
     print(f"multirun: {len(jobs)} job(s) in {sweep_dir}", file=sys.stderr)
     summary = []
-    for n, job in enumerate(jobs):
-        folder = module.run([*job, f"output_dir={sweep_dir / str(n)}"])
-        summary.append({"job": n, "overrides": job, "folder": str(folder),
-                        **json.loads((Path(folder) / folders.METRICS_JSON).read_text())})
-    folders.write_json(sweep_dir / "summary.json", {"jobs": summary})
-    _write_summary_csv(sweep_dir / "summary.csv", summary)
+    try:
+        for n, job in enumerate(jobs):
+            job = [*job, f"output_dir={sweep_dir / str(n)}"]
+            try:
+                folder = module.run(settings.prepare(command, job), job)
+            except Exception as e:
+                summary.append({"job": n, "overrides": job[:-1], "folder": str(sweep_dir / str(n)), "error": str(e)})
+                raise
+            summary.append({"job": n, "overrides": job[:-1], "folder": str(folder),
+                            **json.loads((Path(folder) / folders.METRICS_JSON).read_text())})
+    finally:
+        if summary:
+            folders.write_json(sweep_dir / "summary.json", {"jobs": summary})
+            _write_summary_csv(sweep_dir / "summary.csv", summary)
     print((sweep_dir / "summary.csv").read_text(), end="")
     return 0
 
