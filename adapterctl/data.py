@@ -9,6 +9,7 @@ word piece of each word, and extractive QA with answer spans mapped to token pos
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from dataclasses import dataclass, field
@@ -37,27 +38,149 @@ def data_root(configured: str | None) -> Path:
 
 
 def load_rows(task, root: Path, split: str) -> list[dict]:
-    """One split's rows: ``<root>/<task.name>/<split>.jsonl``, else ``datasets.load_dataset``."""
+    """One split's rows: ``<root>/<task.name>/<split>.jsonl``, else ``datasets.load_dataset``.
+    Every row is checked against the task here, so an error names the file and line."""
     local = root / task.name / f"{split}.jsonl"
     if local.is_file():
-        with local.open() as f:
-            return [json.loads(line) for line in f if line.strip()]
+        rows = read_jsonl(local)
+        for row, where in zip(rows, rows.where):
+            problem = row_problem(task, row)
+            if problem:
+                raise DataError(f"{where}: {problem}")
+        return list(rows)
     if (root / task.name).is_dir():
         have = ", ".join(sorted(p.stem for p in (root / task.name).glob("*.jsonl"))) or "no .jsonl files"
         raise DataError(f"{local} is missing ({root / task.name} has {have}); add it or choose another split")
+    dataset = task.dataset + (f"/{task.subset}" if task.subset else "")
+    where = f"{local} does not exist" if root.is_dir() else f"the data root {root} does not exist"
+    no_data = (f"no local data for task {task.name!r} ({where}) and the HF Hub dataset {dataset!r} could not be loaded "
+               f"({{}}); set ADAPTERCTL_DATA or data_root=<folder with {task.name}/{split}.jsonl>, or go online")
+    offline = hub_offline()
+    if offline:
+        raise DataError(no_data.format(offline))
     hf_split = task.splits.get(split, split)
     try:
         import datasets
 
         ds = datasets.load_dataset(task.dataset, task.subset, split=hf_split)
-    except Exception as e:  # noqa: BLE001 - offline, unknown id, ...: one message says where data can come from
-        dataset = task.dataset + (f"/{task.subset}" if task.subset else "")
-        raise DataError(
-            f"no local data for task {task.name!r} (looked for {local}) and the HF Hub dataset {dataset!r} "
-            f"could not be loaded ({type(e).__name__}); set ADAPTERCTL_DATA or data_root=<folder with "
-            f"{task.name}/{split}.jsonl>, or go online"
-        ) from None
-    return [dict(row) for row in ds]
+    except Exception as e:  # noqa: BLE001 - unknown id, no such split, ...: one message says where data can come from
+        raise DataError(no_data.format(type(e).__name__)) from None
+    rows = [dict(row) for row in ds]
+    for i, row in enumerate(rows):
+        problem = row_problem(task, row)
+        if problem:
+            raise DataError(f"HF dataset {dataset} ({hf_split}) row {i}: {problem}")
+    return rows
+
+
+def hub_offline(timeout: float = 3.0) -> str | None:
+    """Why the HF Hub cannot serve data now (``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` set, or
+    no answer within ``timeout`` seconds), or None: so an offline run fails at once instead
+    of after the Hub client's retries."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{name} is set"
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except (OSError, ValueError) as e:
+        return f"{endpoint} is unreachable: {getattr(e, 'reason', e)}"
+    return None
+
+
+class Rows(list):
+    """Rows read from a file, with where each one is (``file:line``) for error messages."""
+
+    def __init__(self, rows=(), where=()):
+        super().__init__(rows)
+        self.where = list(where)
+
+
+def read_jsonl(path: Path) -> Rows:
+    """One JSON value per non-blank line (a leading byte-order mark is allowed); bytes that are
+    not UTF-8 and malformed lines are errors that name the file and the line."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    rows = Rows()
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is not UTF-8; "
+                            "save the file as UTF-8") from None
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON "
+                            "object") from None
+        rows.where.append(where)
+    return rows
+
+
+def _kind_of(value) -> str:
+    return {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def row_problem(task, row, with_labels: bool = True) -> str | None:
+    """What is wrong with one row for ``task`` (its config), or None: a row that is not an
+    object, a missing or null column, text that is not a string, a label out of range."""
+    columns = list(task.text_columns)
+    if not isinstance(row, dict):
+        return f"a row must be a JSON object with the columns {', '.join(columns)}, not {_kind_of(row)}"
+    wanted = columns + ([task.label_column] if with_labels else [])
+    missing = [c for c in wanted if c not in row]
+    if missing:
+        key = "task.label_column" if missing == [task.label_column] else "task.text_columns"
+        return f"no column {missing[0]!r} (columns: {', '.join(row) or 'none'}); set {key}=... to the right column"
+    for column in columns:
+        value = row[column]
+        if task.kind == "tagging":
+            if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+                return f"column {column!r} must be a list of words, not {_kind_of(value)}"
+        elif not isinstance(value, str):
+            return f"column {column!r} is {_kind_of(value)}, not text; fix the row or drop it"
+    if not with_labels:
+        return None
+    label = row[task.label_column]
+    if task.kind == "qa":
+        ok = (isinstance(label, dict) and isinstance(label.get("text"), list) and label["text"]
+              and isinstance(label.get("answer_start"), list) and len(label["answer_start"]) == len(label["text"]))
+        return None if ok else (f"column {task.label_column!r} must be {{\"text\": [...], \"answer_start\": [...]}}, "
+                                f"not {_kind_of(label)}")
+    names = list(task.label_names)
+    if len(names) == 1:  # regression
+        return None if _is_number(label) else f"label {label!r} is not a number (a regression task)"
+    labels = label if task.kind == "tagging" else [label]
+    if task.kind == "tagging" and (not isinstance(label, list) or len(label) != len(row[columns[0]])):
+        return f"column {task.label_column!r} must hold one tag per word"
+    for value in labels:
+        if label_id(value, names) is None:
+            return (f"label {value!r}, outside 0..{len(names) - 1} ({', '.join(map(str, names))}); fix the data or "
+                    "task.label_names")
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def label_id(value, names: list) -> int | None:
+    """An integer label in range, or a label name mapped to its index; None otherwise."""
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return value
+    return None
 
 
 @dataclass
@@ -99,33 +222,18 @@ class Task:
     def encode(self, rows: list[dict], split: str, with_labels: bool = True) -> Encoded:
         if not rows:
             raise DataError(f"task {self.name!r}: the {split} split is empty")
-        self._check_columns(rows[0], split, with_labels)
+        for i, row in enumerate(rows):
+            problem = row_problem(self.cfg, row, with_labels)
+            if problem:
+                raise DataError(f"task {self.name!r}: row {i} of {split}: {problem}")
         if self.kind == "tagging":
             return self._encode_tagging(rows, split, with_labels)
         if self.kind == "qa":
             return self._encode_qa(rows, with_labels)
         return self._encode_classification(rows, split, with_labels)
 
-    def _check_columns(self, row: dict, split: str, with_labels: bool) -> None:
-        wanted = self.columns + ([self.label_column] if with_labels else [])
-        missing = [c for c in wanted if c not in row]
-        if missing:
-            key = "task.label_column" if missing == [self.label_column] else "task.text_columns"
-            raise DataError(
-                f"task {self.name!r}: the {split} rows have no column {missing[0]!r} (columns: "
-                f"{', '.join(row)}); set {key}=... to the right column"
-            )
-
-    def _label_id(self, value, index: int, split: str) -> int:
-        """An integer label in range; label names are mapped to their index."""
-        if isinstance(value, str) and value in self.label_names:
-            return self.label_names.index(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.num_labels:
-            raise DataError(
-                f"task {self.name!r}: row {index} of {split} has label {value!r}, outside 0..{self.num_labels - 1} "
-                f"({self.label_names}); fix the data or task.label_names"
-            )
-        return value
+    def _label_id(self, value) -> int:
+        return label_id(value, self.label_names)
 
     def _encode_classification(self, rows, split, with_labels) -> Encoded:
         texts = [[row[c] for row in rows] for c in self.columns]
@@ -136,7 +244,7 @@ class Task:
             if self.num_labels == 1:  # regression
                 references = [float(row[self.label_column]) for row in rows]
             else:
-                references = [self._label_id(row[self.label_column], i, split) for i, row in enumerate(rows)]
+                references = [self._label_id(row[self.label_column]) for row in rows]
             for feature, label in zip(features, references):
                 feature["labels"] = label
         return Encoded(features, references)
@@ -148,7 +256,7 @@ class Task:
         for i, row in enumerate(rows):
             feature = {k: enc[k][i] for k in enc}
             if with_labels:
-                tags = [self._label_id(t, i, split) for t in row[self.label_column]]
+                tags = [self._label_id(t) for t in row[self.label_column]]
                 labels, previous = [], None
                 for word in enc.word_ids(i):
                     first_piece = word is not None and word != previous
@@ -216,22 +324,38 @@ def _best_answer(start_logits, end_logits, offsets, context: str) -> str:
     return answer
 
 
-def read_inputs(path: Path) -> list[dict]:
-    """Rows to predict on, from .json (a list of rows or strings), .jsonl or .csv."""
+def read_inputs(path: Path) -> Rows:
+    """Rows to predict on, from .json (a list of rows or strings), .jsonl or .csv, each with
+    where it is (``file:line``, or ``file item n`` for .json)."""
     import csv
 
     if not path.is_file():
         raise DataError(f"input file {path} does not exist; give file=<path to .json, .jsonl or .csv>")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                rows = Rows()
+                for row in reader:
+                    rows.append(row)
+                    rows.where.append(f"{path}:{reader.line_num}")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
     elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
     elif suffix == ".json":
-        rows = json.loads(path.read_text())
-        if not isinstance(rows, list):
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: byte 0x{e.object[e.start]:02x} is not UTF-8; save the file as UTF-8") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, list):
             raise DataError(f"{path} must hold a JSON list of texts or of objects")
+        rows = Rows(data, [f"{path} item {i}" for i in range(len(data))])
     else:
         raise DataError(f"cannot read {path}: use a .json, .jsonl or .csv file")
-    return [row if isinstance(row, dict) else {"text": row} for row in rows]
+    if not rows:
+        raise DataError(f"{path} holds no rows to predict on")
+    return Rows([row if isinstance(row, dict) else {"text": row} for row in rows], rows.where)
