@@ -32,10 +32,43 @@ def error_line(capsys, argv) -> str:
     ("trainer.max_steps=abc", r"trainer.max_steps='abc' is not a valid integer; give trainer.max_steps=<integer>"),
     ("trainer.gradient_checkpointing=maybe", r"trainer.gradient_checkpointing='maybe' is not a valid bool"),
     ("recipe=no_such_recipe", r"no recipe 'no_such_recipe'; choose one of .*rotten_tomatoes_houlsby"),
+    ("adaptr=houlsby", r"unknown key 'adaptr'.*did you mean the group 'adapter' \(adapter=houlsby\|none\|parallel"),
+    ("trainer=fast", r"unknown trainer 'fast'; choose one of: default \("),  # not its schema
+    ("seed=abc", r"seed='abc' is not a valid integer; give seed=<integer>"),
+    ("trainer.scheduler=cosinus", r"trainer.scheduler=cosinus is not allowed: give one of linear, cosine, .*inverse_sqrt"),
+    ("trainer.batch_size=0", r"trainer.batch_size=0 is not allowed: give a whole number >= 1"),
+    ("trainer.lr=-0.001", r"trainer.lr=-0.001 is not allowed: give a positive number"),
+    ("trainer.lr=nan", r"trainer.lr=nan is not allowed"),
+    ("trainer.gradient_accumulation_steps=0", r"trainer.gradient_accumulation_steps=0 is not allowed"),
+    ("trainer.max_steps=-5", r"trainer.max_steps=-5 is not allowed: give a whole number >= 1, or null"),
+    ("trainer.epochs=-1", r"trainer.epochs=-1 is not allowed: give a whole number >= 1"),
+    ("trainer.warmup_ratio=1.5", r"trainer.warmup_ratio=1.5 is not allowed: give a number from 0 to 1"),
+    ("trainer.backbone_dropout=off", r"trainer.backbone_dropout=off is not allowed: give one of all, hidden, none"),
+    ("head=regression", r"head=regression does not fit task rotten_tomatoes \(classification, labels neg, pos\); "
+                        r"use head=auto \(classification\)"),
+    ("output_dir=file.txt/run", r"output_dir=file.txt/run: file.txt is a file, not a folder"),
 ])
-def test_unknown_options_and_keys(capsys, monkeypatch, tmp_path, override, expected):
+def test_bad_settings_are_one_line_before_any_folder(capsys, monkeypatch, tmp_path, override, expected):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "file.txt").write_text("not a folder")
     assert re.search(expected, error_line(capsys, ["train", override]))
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--max_steps", "5"], r"key=value, not --flags: write trainer.max_steps=5 instead of --max_steps 5"),
+    (["train", "--lr=3e-4"], r"write adapter.lr=3e-4 or trainer.lr=3e-4 instead of --lr=3e-4"),
+    (["fuse", "task=rte"], r"fuse needs at least two adapters to fuse \(got none\): give adapters=\[a,b,...\]"),
+    (["fuse", "adapters=[a]"], r"fuse needs at least two adapters"),
+    (["train", "-m", "adapter=pfeiffer,housby"], r"multirun job 1 \(adapter=housby\): unknown adapter 'housby'.*"
+                                                 r"did you mean 'houlsby'"),
+    (["train", "resume=true"], r"nothing to resume: no unfinished run under outputs/train"),
+    (["train", "resume=maybe"], r"resume='maybe' is not"),
+])
+def test_command_line_mistakes(capsys, monkeypatch, tmp_path, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    assert re.search(expected, error_line(capsys, argv))
+    assert not (tmp_path / "outputs").exists()  # a multirun checks every job before the first
 
 
 def test_missing_data_says_where_to_put_it(capsys, monkeypatch, tmp_path, tiny):
@@ -50,13 +83,6 @@ def test_label_column_missing(capsys, monkeypatch, tmp_path, tiny):
     monkeypatch.chdir(tmp_path)
     line = error_line(capsys, ["train", *quick(tiny), "task.label_column=stars"])
     assert "no column 'stars'" in line and "task.label_column=" in line
-
-
-def test_unknown_backbone_dropout(capsys, monkeypatch, tmp_path, tiny):
-    monkeypatch.chdir(tmp_path)
-    line = error_line(capsys, ["train", *quick(tiny), "trainer.backbone_dropout=off"])
-    assert "backbone_dropout='off' is not one of all, hidden, none" in line
-    assert not (tmp_path / "outputs").exists()
 
 
 def test_label_out_of_range(capsys, monkeypatch, tmp_path, tiny):
