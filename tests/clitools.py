@@ -62,6 +62,35 @@ def spawn(*args, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
+# Runs the CLI in a fresh process that kills itself with SIGKILL (kill -9) at an exact point: the
+# n-th forward pass in training (mode "train") or in evaluation (mode "eval"); no hook in adapterctl.
+_KILLER = """
+import os, signal, sys
+import adapterctl
+from adapterctl.cli import main
+mode, n = sys.argv[1].split(":")
+seen = [0]
+forward = adapterctl.AdapterModel.forward
+def counting(self, *args, **kwargs):
+    if self.training == (mode == "train"):
+        seen[0] += 1
+        if seen[0] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return forward(self, *args, **kwargs)
+adapterctl.AdapterModel.forward = counting
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_at(point: str, *args, cwd: Path, timeout: int = 300) -> None:
+    """``adapterctl <args>`` killed with SIGKILL at ``point`` ("train:14": its 14th training
+    forward pass; "eval:1": its first evaluation batch); fails if it ended any other way."""
+    proc = subprocess.run([sys.executable, "-c", _KILLER, point, *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != -9:
+        raise AssertionError(f"expected a kill at {point}, got exit {proc.returncode}\n{proc.stderr[-3000:]}")
+
+
 def adapter_weights(run: Path, name: str = "rotten_tomatoes") -> dict:
     return load_file(str(run / "adapters" / name / "adapter.safetensors"))
 
