@@ -14,6 +14,7 @@ import torch
 
 from adapterctl.cli import main
 from clitools import adapter_weights, adapterctl, killed_at, make_tiny_bert, metrics, quick
+from test_cli_checkpoint import RunsCode
 
 STEPS = 24  # 64 rows in batches of 8: 8 steps per epoch, so 3 epochs
 
@@ -75,7 +76,7 @@ def test_killed_between_accumulated_micro_batches_resumes_exactly(tmp_path, tiny
     assert_same_run(tmp_path / "straight", tmp_path / "interrupted")
 
 
-def test_resume_refuses_a_finished_run_and_changed_settings(tmp_path, monkeypatch, capsys, tiny):
+def test_resume_refuses_changed_settings_a_pickled_checkpoint_and_a_finished_run(tmp_path, monkeypatch, capsys, tiny):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     (run / "checkpoints" / "last").mkdir(parents=True)
@@ -85,6 +86,12 @@ def test_resume_refuses_a_finished_run_and_changed_settings(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert f"resume=true continues run with its own settings, and trainer.max_steps=50 (the run has {STEPS}); " \
            "seed=7 (the run has 42) would change them" in err
+    marker = tmp_path / "executed"
+    torch.save({"rng": RunsCode(marker)}, run / "checkpoints" / "last" / "state.pt")
+    assert main(["train", "resume=true", "output_dir=run"]) == 1
+    assert "state.pt is a pickled checkpoint (adapterctl 0.1), which could run code when read and is never loaded" \
+        in capsys.readouterr().err
+    assert not marker.exists()
     (run / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
     assert main(["train", "resume=true", "output_dir=run"]) == 1
     assert "run is a finished run (it has metrics.json): nothing to resume" in capsys.readouterr().err

@@ -94,6 +94,48 @@ def test_bad_labels_and_columns_name_the_fix(tokenizer, row, message):
         task.encode([{"text": "ok", "label": 0}, row] if "text" in row and "label" in row else [row], "train")
 
 
+GOOD = b'{"text": "a fine film", "label": 1}\n'
+
+
+@pytest.mark.parametrize("content, message", [
+    (GOOD + b'{"text": "caf\xe9", "label": 0}\n', r"train.jsonl:2: byte 0xe9 at column 14 is not UTF-8; save the file as UTF-8"),
+    (GOOD + b'{"text": "oops", "label": 0\n', r"train.jsonl:2: not valid JSON \(Expecting ',' delimiter at column 28\)"),
+    (GOOD + b'\n{"text": null, "label": 0}\n', r"train.jsonl:3: column 'text' is null, not text"),
+    (GOOD + b'{"text": 5, "label": 0}\n', r"train.jsonl:2: column 'text' is a number, not text"),
+    (GOOD + b'["a fine film", 1]\n', r"train.jsonl:2: a row must be a JSON object with the columns text, not a list"),
+    (GOOD + b'{"text": "no label"}\n', r"train.jsonl:2: no column 'label' \(columns: text\); set task.label_column="),
+    (GOOD + b'{"text": "x", "label": 7}\n', r"train.jsonl:2: label 7, outside 0..1 \(neg, pos\)"),
+    (GOOD + GOOD + b'\xef\xbb\xbf' + GOOD, r"train.jsonl:3: not valid JSON \(Unexpected UTF-8 BOM"),
+])
+def test_bad_rows_name_the_file_line_and_problem(tmp_path, content, message):
+    (tmp_path / "rotten_tomatoes").mkdir()
+    (tmp_path / "rotten_tomatoes" / "train.jsonl").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_rows(task_cfg("rotten_tomatoes"), tmp_path, "train")
+
+
+def test_a_leading_byte_order_mark_and_crlf_lines_are_read(tmp_path):
+    (tmp_path / "rotten_tomatoes").mkdir()
+    (tmp_path / "rotten_tomatoes" / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + GOOD.replace(b"\n", b"\r\n") * 2)
+    assert load_rows(task_cfg("rotten_tomatoes"), tmp_path, "train") == [json.loads(GOOD)] * 2
+
+
+def test_offline_fails_at_once_without_asking_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    def hub_call(*args, **kwargs):
+        raise AssertionError("the HF Hub was asked although it cannot answer")
+
+    monkeypatch.setattr(datasets, "load_dataset", hub_call)
+    with pytest.raises(DataError, match=r"the data root .*missing does not exist.*'glue/qqp'.*\(HF_HUB_OFFLINE is set\)"):
+        load_rows(task_cfg("qqp"), tmp_path / "missing", "train")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    with pytest.raises(DataError, match=r"'squad' could not be loaded \(http://127.0.0.1:9 is unreachable"):
+        load_rows(task_cfg("squad"), tmp_path, "train")
+
+
 def test_label_names_map_to_their_ids(tokenizer):
     task = Task(task_cfg("rotten_tomatoes"), tokenizer, max_length=16)
     assert task.encode([{"text": "fine", "label": "pos"}], "train").references == [1]
@@ -106,3 +148,9 @@ def test_prediction_inputs_from_csv_and_json(tmp_path):
     assert read_inputs(tmp_path / "b.json") == [{"text": "good film"}, {"text": "bad film"}]
     with pytest.raises(DataError, match="does not exist"):
         read_inputs(tmp_path / "missing.csv")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"empty.jsonl holds no rows to predict on"):
+        read_inputs(tmp_path / "empty.jsonl")
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbftext\nfine\n")
+    rows = read_inputs(tmp_path / "bom.csv")
+    assert rows == [{"text": "fine"}] and rows.where == [f"{tmp_path / 'bom.csv'}:2"]
