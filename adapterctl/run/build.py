@@ -167,8 +167,6 @@ def parallel_from(cfg):
     ``adapter=[a,b]`` (this command's backbone and ``task=``, if any). Returns (model,
     tokenizer, [(adapter name, its task config or None)], trainer config)."""
     from . import folders
-    if bool(cfg.run) == bool(cfg.adapter_path):
-        raise AdapterConfigError("give exactly one of run=[<run folders>] or adapter=[<adapter folders or Hub ids>]")
     specs = list(cfg.run or cfg.adapter_path)
     runs = [folders.load_run(Path(s)) for s in specs] if cfg.run else None
     backbone, trainer = cfg.backbone.path, cfg.trainer
@@ -200,8 +198,6 @@ def trained_from(cfg):
     command's backbone and ``task=``). Returns (model, tokenizer, task config or None, trainer config)."""
     from . import folders
 
-    if bool(cfg.run) == bool(cfg.adapter_path):
-        raise AdapterConfigError("give exactly one of run=<run folder> or adapter=<adapter folder or Hub id>")
     task_cfg = cfg.get("task")
     labels = list(task_cfg.label_names) if task_cfg else None
     if cfg.run:

@@ -119,6 +119,9 @@ def check(cfg: DictConfig, command: str) -> None:
         metrics.check(cfg.task.metrics)
         if "head" in cfg:
             check_head(cfg.head.type, cfg.task)
+    if command in ("evaluate", "predict") and bool(cfg.run) == bool(cfg.adapter_path):
+        raise AdapterConfigError("give exactly one of run=<run folder> or adapter=<adapter folder, name or Hub id> "
+                                 "(a list of either runs them in one Parallel pass)")
     if command == "predict":
         check_predict(cfg)
 
