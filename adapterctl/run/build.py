@@ -179,13 +179,13 @@ def parallel_from(cfg):
     tasks = []
     for i, spec in enumerate(specs):
         source = adapter_source(spec)
-        name = model.load_adapter(source, load_as=_load_as(model, source, i))
+        name = model.load_adapter(source, load_as=name_for(model, source, i))
         tasks.append((name, runs[i][1].task if runs else cfg.get("task") or task_of(source)))
     model.set_active_adapters(Parallel(*[name for name, _ in tasks]))
     return model.eval(), tokenizer, tasks, trainer
 
 
-def _load_as(model: AdapterModel, source, index: int) -> str | None:
+def name_for(model: AdapterModel, source, index: int) -> str | None:
     """A second adapter saved under a name already loaded becomes ``<name>_<index>``."""
     config = Path(source) / adapterhub.ADAPTER_CONFIG
     name = read_json(config).get("name") if config.is_file() else None

@@ -108,28 +108,43 @@ def read_json(path: Path) -> dict:
 
 
 def run_record(cfg, command: str) -> dict:
-    """``run.json``: the facts ``export`` and ``evaluate`` need, without re-reading Hydra configs."""
-    adapter = cfg.adapter
-    full = adapter.preset == "none"
-    return {
+    """``run.json``: the facts ``export`` and ``evaluate`` need, without re-reading Hydra configs;
+    ``fuse`` adds its adapters and fusion."""
+    record = {
         "command": command,
         "task": cfg.task.name,
         "dataset": cfg.task.dataset,
         "dataset_subset": cfg.task.subset,
-        "backbone": {"name": cfg.backbone.name, "path": cfg.backbone.path},
-        "adapter": {
-            "name": adapter.name,
-            "preset": adapter.preset,
-            "config": None if full else {k: v for k, v in OmegaConf.to_container(adapter).items() if k not in ("name", "lr")},
-            "dir": None if full else f"adapters/{adapter.name}",
-        },
-        "full_model_dir": "model" if full else None,
+        "backbone": backbone_record(cfg.backbone),
         "head": {"type": cfg.head.type},
         "label_names": list(cfg.task.label_names),
         "metrics": list(cfg.task.metrics),
         "main_metric": cfg.task.main_metric,
         "seed": cfg.seed,
     }
+    if "adapter" in cfg:
+        adapter = cfg.adapter
+        full = adapter.preset == "none"
+        record["adapter"] = {
+            "name": adapter.name,
+            "preset": adapter.preset,
+            "config": None if full else {k: v for k, v in OmegaConf.to_container(adapter).items()
+                                         if k not in ("name", "lr")},
+            "dir": None if full else f"adapters/{adapter.name}",
+        }
+        record["full_model_dir"] = "model" if full else None
+    return record
+
+
+def backbone_record(backbone) -> dict:
+    """``run.json``'s backbone: name, path, and the HF Hub model id (``hf_id``) that a Hub card
+    names, unless ``backbone.path`` points elsewhere than the group's file says (another model)."""
+    from .settings import conf_dir
+
+    source = conf_dir() / "backbone" / f"{backbone.name}.yaml"
+    default = OmegaConf.load(source) if source.is_file() else None
+    same = default is not None and default.get("path") == backbone.path
+    return {"name": backbone.name, "path": backbone.path, "hf_id": backbone.get("hf_id") if same else None}
 
 
 def load_run(folder: Path) -> tuple[dict, object]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ..core.composition import Fuse
-from . import build, runner
+from . import build, folders, runner
 
 SETUP_DIR = "setup"
 
@@ -48,20 +48,6 @@ def run(cfg, overrides: list[str]) -> Path:
 
 def run_record(cfg, sources: list, fusion: str) -> dict:
     """``run.json`` of a fusion run: what ``evaluate run=...`` needs to rebuild the model."""
-    return {
-        "command": "fuse",
-        "task": cfg.task.name,
-        "dataset": cfg.task.dataset,
-        "dataset_subset": cfg.task.subset,
-        "backbone": {"name": cfg.backbone.name, "path": cfg.backbone.path},
-        "adapters": [str(s) for s in sources],
-        "fusion": {"name": fusion, **OmegaConf.to_container(cfg.fusion)},
-        "setup_dir": SETUP_DIR,
-        "adapter": {"name": fusion, "dir": None},
-        "full_model_dir": None,
-        "head": {"type": cfg.head.type},
-        "label_names": list(cfg.task.label_names),
-        "metrics": list(cfg.task.metrics),
-        "main_metric": cfg.task.main_metric,
-        "seed": cfg.seed,
-    }
+    return {**folders.run_record(cfg, "fuse"), "adapters": [str(s) for s in sources],
+            "fusion": {"name": fusion, **OmegaConf.to_container(cfg.fusion)}, "setup_dir": SETUP_DIR,
+            "adapter": {"name": fusion, "dir": None}, "full_model_dir": None}

@@ -98,7 +98,7 @@ def run(cfg, overrides: list[str]) -> int:
         with torch.no_grad():
             logits = model(**enc).logits
         for i, row in enumerate(chunk):
-            labels = [_label(head_logits[i], head.id2label) for head_logits, head in zip(
+            labels = [label_scores(head_logits[i], head.id2label) for head_logits, head in zip(
                 logits if parallel else [logits], heads)]
             lines.append(json.dumps({**row, **dict(zip(names, labels))} if parallel else {**row, **labels[0]}))
     text = "\n".join(lines) + "\n"
@@ -111,7 +111,9 @@ def run(cfg, overrides: list[str]) -> int:
     return 0
 
 
-def _label(logits: torch.Tensor, id2label: dict | None) -> dict:
+def label_scores(logits: torch.Tensor, id2label: dict | None) -> dict:
+    """One row's answer: ``{"score"}`` for regression, else the best label, its probability and
+    every label's (the serve command answers the same)."""
     if logits.numel() == 1:
         return {"score": float(logits)}
     probs = logits.softmax(-1).tolist()
