@@ -17,7 +17,8 @@ def test_two_processes_match_one(tmp_path):
     tiny = make_tiny_bert(tmp_path / "tiny", dropout=0.0)
     args = ["train", *quick(tiny, steps=6), "logger.every=1"]
     torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "adapterctl"]
-    adapterctl(*args, "output_dir=two", cwd=tmp_path, command=torchrun, timeout=300)
+    log = adapterctl(*args, "output_dir=two", cwd=tmp_path, command=torchrun, timeout=300).stderr
+    assert log.count("run folder: two (2 process(es)") == 1 and log.count("done: accuracy=") == 1  # main only
     adapterctl(*args, "output_dir=one", cwd=tmp_path, timeout=300)
     assert metrics(tmp_path / "two")["processes"] == 2 and metrics(tmp_path / "one")["processes"] == 1
     two, one = adapter_weights(tmp_path / "two"), adapter_weights(tmp_path / "one")

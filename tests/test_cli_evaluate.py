@@ -34,7 +34,7 @@ def test_predict_text_is_free_text():
     assert list(settings.load("predict", ["run=r", 'text=["a, b",c]']).text) == ["a, b", "c"]
 
 
-def test_predict_checks_its_inputs_against_each_adapters_task(tmp_path, monkeypatch, capsys):
+def test_predict_and_evaluate_check_inputs_and_labels_against_each_adapters_task(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     tiny = make_tiny_bert(tmp_path / "tiny")
     assert main(["train", *quick(tiny, steps=1), "output_dir=rt"]) == 0
@@ -50,6 +50,10 @@ def test_predict_checks_its_inputs_against_each_adapters_task(tmp_path, monkeypa
     assert main(["predict", "run=qnli", "text=[[is it fine?,it is fine.]]"]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["question"] == "is it fine?" and line["label"] in ("entailment", "not_entailment")
+
+    assert main(["evaluate", "adapter=rt/adapters/rotten_tomatoes", "task=rte", f"backbone.path={tiny}"]) == 1
+    assert ("predicts neg, pos, but the task has entailment, not_entailment: give the task it was trained for "
+            "(task=...), or task.label_names=[neg,pos] if only the names differ") in capsys.readouterr().err
 
     (tmp_path / "empty.csv").write_text("text\n")
     assert main(["predict", "run=rt", "file=empty.csv"]) == 1

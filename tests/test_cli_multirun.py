@@ -27,3 +27,14 @@ def test_multirun_gives_a_folder_per_combination_and_a_summary(tmp_path, monkeyp
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert len(rows) == 4 and "accuracy" in rows[0]
     assert "adapter=pfeiffer seed=2" in capsys.readouterr().out
+
+
+def test_a_job_that_fails_while_running_leaves_the_summary_of_the_others(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny = make_tiny_bert(tmp_path / "tiny")
+    assert main(["train", "-m", *quick(tiny, steps=1), "task.label_column=label,stars"]) == 1
+    assert "no column 'stars'" in capsys.readouterr().err
+    (sweep,) = (tmp_path / "outputs" / "train").iterdir()
+    done, failed = json.loads((sweep / "summary.json").read_text())["jobs"]
+    assert "accuracy" in done and "error" not in done
+    assert failed["overrides"][-1] == "task.label_column=stars" and "no column 'stars'" in failed["error"]

@@ -49,6 +49,7 @@ def test_full_fine_tuning_saves_the_model_and_evaluates_the_same(tmp_path, monke
     m = train(tmp_path, monkeypatch, *quick(tiny, steps=2), "adapter=none")
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert not (tmp_path / "run" / "adapters").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # three copies of the model, needed only to resume
     capsys.readouterr()
     assert main(["evaluate", "run=run"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] == m["accuracy"]

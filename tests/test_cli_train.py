@@ -24,7 +24,9 @@ def test_train_writes_the_run_folder(run):
     assert run.name.count("_") == 1 and len(run.name) == len("2026-01-01_12-00-00")
     for name in ("config.yaml", "overrides.yaml", "train.log", "run.json", "metrics.json", "metrics.csv"):
         assert (run / name).is_file(), name
-    assert (run / "checkpoints" / "last").is_dir() and (run / "checkpoints" / "best").is_dir()
+    assert not (run / "checkpoints").exists()  # kept only while the run can be resumed
+    assert "done: accuracy=" in (run / "train.log").read_text() and ", best at step 4 of 4 -> " in (
+        run / "train.log").read_text()
     adapter = run / "adapters" / "rotten_tomatoes"
     assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter.safetensors", "head_config.json",
                                                    "model_head.safetensors"}
@@ -34,6 +36,7 @@ def test_train_writes_the_run_folder(run):
     record = json.loads((run / "run.json").read_text())
     assert record["task"] == "rotten_tomatoes" and record["label_names"] == ["neg", "pos"]
     assert record["adapter"]["dir"] == "adapters/rotten_tomatoes" and record["head"]["type"] == "classification"
+    assert record["backbone"]["hf_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     m = metrics(run)
     assert m["steps"] == 4 and m["best_step"] == 4 and m["validation_rows"] == 64
     assert 0.0 <= m["accuracy"] <= 1.0 and "f1" in m and m["train_loss"] > 0

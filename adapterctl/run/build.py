@@ -57,6 +57,9 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     model, tokenizer = load_backbone(cfg.backbone.path)
     name = cfg.adapter.name
     below = load_below(model, cfg.setup)
+    if name in below:
+        raise AdapterConfigError(f"setup=[...] already holds an adapter named {name!r}; give the new one another name "
+                                 "with adapter.name=...")
     if below and cfg.adapter.preset == "none":
         raise AdapterConfigError("setup=[...] stacks the new adapter on others; it needs an adapter, not adapter=none")
     if cfg.adapter.preset != "none":
@@ -145,15 +148,28 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
     on the adapters ``below`` (MAD-X), or a fully fine-tuned folder. Returns (model, tokenizer, name)."""
     if full_model_dir is not None:
         model, tokenizer = load_backbone(str(full_model_dir))
-        name = model.load_head(full_model_dir, labels=labels)
+        name = model.load_head(full_model_dir)
     else:
         model, tokenizer = load_backbone(backbone)
-        name = model.load_adapter(str(adapter_dir), labels=labels, set_active=True)
+        name = model.load_adapter(str(adapter_dir), set_active=True)
         if below:
             model.set_active_adapters(Stack(*load_below(model, below), name))
+    check_labels(model, name, labels, full_model_dir or adapter_dir)
     model.active_head = name
     model.eval()
     return model, tokenizer, name
+
+
+def check_labels(model: AdapterModel, head: str, labels, source) -> None:
+    """The head must predict the task's labels, in order (evaluating a sentiment head on NLI
+    would score nonsense); the error names the CLI settings that fix it."""
+    id2label = model.heads[head].id2label if head in model.heads else None
+    saved = [str(id2label[i]) for i in sorted(id2label)] if id2label else []
+    if labels is not None and saved and saved != [str(label) for label in labels]:
+        raise AdapterConfigError(
+            f"the head of {source} predicts {', '.join(saved)}, but the task has {', '.join(map(str, labels))}: give "
+            f"the task it was trained for (task=...), or task.label_names=[{','.join(saved)}] if only the names differ"
+        )
 
 
 def is_parallel(cfg) -> bool:
