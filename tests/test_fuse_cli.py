@@ -44,7 +44,8 @@ def test_fuse_refuses_a_single_adapter_in_one_line(tmp_path):
     proc = adapterctl("fuse", "adapters=[mnli]", "task=cb", cwd=tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "adapterctl fuse: error: fuse needs at least two adapters, got ['mnli']: adapters=[a,b,...]"
+        "adapterctl fuse: error: fuse needs at least two adapters to fuse (got ['mnli']): give adapters=[a,b,...] "
+        "(train runs, exported or adapter folders, adapter names or Hub ids)"
     ]
 
 
