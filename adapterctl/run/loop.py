@@ -22,8 +22,9 @@ initialization (``accelerate.utils.set_seed``); ``seed`` here fixes the data ord
 
 Why resume is exact: each epoch's order comes from ``seed + epoch`` and a resumed epoch skips
 the rows already done; the data loaders draw from their own generators, never from the global
-one that dropout uses; and a checkpoint carries every process's RNG states, the optimizer,
-scheduler and gradient scaler, and the losses not yet logged.
+one that dropout uses (which made a resumed epoch's dropout differ before); and a checkpoint
+carries every process's RNG states, the optimizer, scheduler and gradient scaler, and the
+losses not yet logged.
 ``trainer.batch_size`` is the global batch: accelerate splits each batch across processes
 (``split_batches``), so two processes take the same optimizer steps as one.
 """
@@ -105,6 +106,15 @@ def _loader(rows: Sequence, batch_size: int, collate) -> DataLoader:
     return DataLoader(rows, batch_size=batch_size, collate_fn=collate, generator=torch.Generator())
 
 
+def _draw_as_before() -> None:
+    """The one number adapterctl 0.1's data loaders took from the global generator (their worker
+    base seed) at each epoch's start and each evaluation, taken at the same moments: runs keep
+    the numbers published with that version (README's tables) bit for bit. The loaders no longer
+    draw themselves, and the draw of a resumed epoch happened before its checkpoint, so resuming
+    stays exact."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
 def train(model, rows: Sequence[dict], *, collate: Callable, settings: TrainerSettings | None = None, seed: int = 42,
           evaluate: Callable[[object], dict] | None = None, main_metric: str | None = None,
           checkpoints: Path | None = None, resume: bool = False, accelerator: Accelerator | None = None,
@@ -145,6 +155,8 @@ def train(model, rows: Sequence[dict], *, collate: Callable, settings: TrainerSe
     batch, accumulation = settings.batch_size, settings.gradient_accumulation_steps
     while state.step < total and not _patience_spent(settings, state):
         epoch, done = divmod(state.step, every)
+        if done == 0:
+            _draw_as_before()
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         loader = accelerator.prepare(_loader([rows[i] for i in order[done * batch * accumulation:]], batch, collate))
         for inputs in loader:
@@ -244,6 +256,7 @@ def _evaluate_and_keep_best(evaluate, main_metric, model, state: LoopState, keep
                             accelerator) -> None:
     was_training = model.training
     model.eval()
+    _draw_as_before()
     with torch.no_grad():
         scores = evaluate(model)
     model.train(was_training)
