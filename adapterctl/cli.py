@@ -81,11 +81,11 @@ def configured(command: str, args: list[str]) -> int:
     """A command composed from ``conf/<command>.yaml``. The config is composed and checked before
     the command's module (and torch, transformers) is imported: ``--help``, ``--cfg`` and
     config errors answer at once."""
+    if {"-h", "--help"} & set(args):
+        return command_help(command)
     from .errors import AdapterConfigError
     from .run import settings
 
-    if {"-h", "--help"} & set(args):
-        return command_help(command)
     settings.reject_flags(command, args)
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     which = _flag_value(args, ("--cfg", "-c"))
@@ -156,7 +156,7 @@ def command_help(command: str) -> int:
     """``adapterctl <command> --help``: the command's config file, whose comments say what each
     key does, the options of each config group, and the trainer's keys with types and defaults."""
     from .run import schema
-    from .run.settings import conf_dir
+    from .run.paths import conf_dir
 
     conf = conf_dir()
     print(f"usage: adapterctl {command} [-m] [key=value ...]   (Hydra overrides; conf: {conf})\n")
@@ -232,7 +232,7 @@ def _write_summary_csv(path: Path, rows: list[dict]) -> None:
 
 def list_recipes() -> int:
     """Each recipe's name, the first line of its description and its launch command."""
-    from .run.settings import recipes_dir
+    from .run.paths import recipes_dir
 
     found = sorted(recipes_dir().glob("*.yaml"))
     if not found:

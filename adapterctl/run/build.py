@@ -114,7 +114,7 @@ def task_of(source):
     import yaml
 
     from . import export, folders
-    from .settings import conf_dir
+    from .paths import conf_dir
 
     path = Path(str(source))
     run = path.parent.parent

@@ -139,7 +139,7 @@ def run_record(cfg, command: str) -> dict:
 def backbone_record(backbone) -> dict:
     """``run.json``'s backbone: name, path, and the HF Hub model id (``hf_id``) that a Hub card
     names, unless ``backbone.path`` points elsewhere than the group's file says (another model)."""
-    from .settings import conf_dir
+    from .paths import conf_dir
 
     source = conf_dir() / "backbone" / f"{backbone.name}.yaml"
     default = OmegaConf.load(source) if source.is_file() else None

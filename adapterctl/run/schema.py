@@ -1,13 +1,14 @@
 """The ``trainer`` settings: every key's type, default and meaning in one place.
 
 ``TrainerSettings`` is what ``adapterctl.run.loop.train`` takes in Python, and Hydra's schema
-for the CLI's ``trainer`` group (``conf/trainer/default.yaml`` only picks it): a value of the
-wrong type (``trainer.max_steps=abc``) fails when the config is composed, and ``check`` turns
-a value out of range (``trainer.batch_size=0``) into one line before a run folder exists.
-``adapterctl train --help`` prints the table from the same fields.
+for the CLI's ``trainer`` group (``run/settings.py`` registers it; ``conf/trainer/default.yaml``
+only picks it): a value of the wrong type (``trainer.max_steps=abc``) fails when the config is
+composed, and ``check`` turns a value out of range (``trainer.batch_size=0``) into one line
+before a run folder exists. ``adapterctl train --help`` prints the table from the same fields.
 
 The ``adapter`` group's types come from each registered method's config dataclass
 (``adapter_schema``): every field is a key, ``conf/adapter/<preset>.yaml`` gives values.
+``run/settings.py`` registers both with Hydra; this module imports neither Hydra nor torch.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, List, Optional
 
 import omegaconf
-from hydra.core.config_store import ConfigStore
 
-from ..core import registry
 from ..errors import AdapterConfigError
 
 # transformers' schedulers that need nothing but the warmup and total steps (the others take
@@ -71,9 +70,6 @@ class TrainerSettings:
     max_train_samples: Optional[int] = _key(None, "a fixed random slice of the train split (quick runs, CI)")
     max_eval_samples: Optional[int] = _key(None, "a fixed random slice of the validation split")
     adapter_drop: AdapterDropSettings = _key(AdapterDropSettings, "robust AdapterDrop in training")
-
-
-ConfigStore.instance().store(group="trainer", name="schema", node=TrainerSettings)
 
 
 def _positive(v):
@@ -164,7 +160,3 @@ def adapter_schema(config_class: type) -> type:
     fields += [("name", str, field(default=omegaconf.MISSING)), ("preset", str, field(default=omegaconf.MISSING)),
                ("lr", Optional[float], field(default=omegaconf.MISSING))]
     return dataclasses.make_dataclass(f"{config_class.__name__}Schema", fields)
-
-
-for _name, _spec in registry.methods().items():
-    ConfigStore.instance().store(group="schema/adapter", name=_name, node=adapter_schema(_spec.config_class))

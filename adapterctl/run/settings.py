@@ -10,38 +10,27 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import os
 import re
 from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..core import registry
 from ..errors import AdapterConfigError
-from . import schema  # also registers the trainer group's types with Hydra
+from . import schema
+from .paths import conf_dir, recipes_dir
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def conf_dir() -> Path:
-    """``$ADAPTERCTL_CONF``, else the repository's ``conf/`` next to the package (an editable
-    install keeps the package inside the repository, so this works from any working folder)."""
-    path = Path(os.environ.get("ADAPTERCTL_CONF") or REPO_ROOT / "conf")
-    if not (path / "train.yaml").is_file():
-        raise AdapterConfigError(
-            f"no adapterctl configs in {path}; install adapterctl editable from its repository (pip install -e .) "
-            "or point ADAPTERCTL_CONF at its conf/ folder"
-        )
-    return path
-
-
-def recipes_dir() -> Path:
-    return Path(os.environ.get("ADAPTERCTL_RECIPES") or REPO_ROOT / "recipes")
-
+# The groups' types: conf/trainer/default.yaml picks the trainer's, each conf/adapter/<preset>.yaml
+# its method's (every registered method's config dataclass).
+ConfigStore.instance().store(group="trainer", name="schema", node=schema.TrainerSettings)
+for _name, _spec in registry.methods().items():
+    ConfigStore.instance().store(group="schema/adapter", name=_name, node=schema.adapter_schema(_spec.config_class))
 
 # Keys spelt like a config group on the command line: ``adapter=<folder>`` in evaluate and
 # predict names a folder, not an option of conf/adapter/, so it is read as ``adapter_path``.
