@@ -22,6 +22,7 @@ commands:
   fuse       train an AdapterFusion over adapters (adapters=[a,b,c] task=<task>)
   recipes    list the whole-run recipes in recipes/
   hub        search, pull and push adapters (adapterctl hub --help)
+  serve      serve adapters over HTTP (adapters=[...] port=8080)
 
 -m, --multirun   one run per combination of comma-separated values
 adapterctl <command> --help   the command's keys and config groups

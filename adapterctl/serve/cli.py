@@ -15,7 +15,7 @@ def engine_from(cfg: DictConfig):
     becomes ``<name>_<index>`` unless a dict names it."""
     import torch
 
-    from ..run.build import _load_as, load_backbone
+    from ..run.build import load_backbone, name_for
     from .engine import Engine
 
     specs = cfg.adapters or []
@@ -28,7 +28,7 @@ def engine_from(cfg: DictConfig):
     engine = Engine(model, tokenizer, max_length=cfg.max_length, max_texts=cfg.max_texts)
     for i, (name, spec) in enumerate(specs.items() if named else [(None, s) for s in specs]):
         path = engine.locate(str(spec))
-        engine.load(path, name if named else _load_as(model, path, i), str(spec))
+        engine.load(path, name if named else name_for(model, path, i), str(spec))
     return engine
 
 

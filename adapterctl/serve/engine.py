@@ -18,7 +18,7 @@ from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
 from ..formats.adapterhub import ADAPTER_CONFIG, HEAD_CONFIG
 from ..formats.files import read_json
 from ..run.build import adapter_source
-from ..run.predict import _label as classification_prediction
+from ..run.predict import label_scores as classification_prediction
 from .errors import AdapterNameTakenError, RequestTooLargeError, UnservableAdapterError
 
 # head type -> what /v1/predict returns for it (see ``prediction``)
