@@ -113,9 +113,25 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("command, group", [("train", "adapter"), ("fuse", "fusion")])
-def test_command_help_shows_its_config(capsys, command, group):
+def test_command_help_shows_its_config_and_the_trainer_keys(capsys, command, group):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: adapterctl {command}") and f"# adapterctl {command}:" in out
     assert re.search(rf"^  {group} +\S", out, re.M)
+    assert re.search(r"^  trainer.batch_size +int +32 +global batch", out, re.M)
+    assert re.search(r"^  trainer.max_steps +int or null +null ", out, re.M)
+
+
+def test_hydra_habits_print_the_config_without_running(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--cfg", "job", "adapter=pfeiffer", "trainer.max_steps=5"]) == 0
+    job = capsys.readouterr().out
+    assert "preset: pfeiffer" in job and "max_steps: 5" in job and "name: ${task.name}" in job
+    assert main(["train", "--cfg", "job", "--resolve"]) == 0
+    assert "name: rotten_tomatoes" in capsys.readouterr().out
+    assert main(["train", "--info", "task=rte"]) == 0
+    assert "task=rte" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert re.fullmatch(r"adapterctl \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    assert not (tmp_path / "outputs").exists()
 
