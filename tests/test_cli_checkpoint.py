@@ -3,6 +3,7 @@ run folder (a pickled ``state.pt``, a tampered ``state.json``) is a one-line err
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,20 @@ def test_the_run_modules_never_unpickle():
     for module in (build, ckpt, folders, loop, runner, settings):
         source = inspect.getsource(module)
         assert "import pickle" not in source and "torch.load(" not in source, module.__name__
+
+
+def test_a_checkpoint_whose_overwrite_was_killed_is_put_back(tmp_path, monkeypatch):
+    """Killed between atomic_dir's two renames, ``last`` is missing and ``.last.old-*`` holds it:
+    the resume that follows finds the run and reads the checkpoint."""
+    from adapterctl.run import folders
+
+    model, optimizer, scheduler = trained()
+    run = tmp_path / "outputs" / "train" / "2026-01-01_00-00-00"
+    (run / "config.yaml").parent.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n")
+    checkpoint.save(run / "checkpoints" / "last", model, optimizer, scheduler, {"step": 3}, [checkpoint.rng_state()])
+    (run / "checkpoints" / "last").rename(run / "checkpoints" / ".last.old-x1y2")
+    monkeypatch.chdir(tmp_path)
+    assert folders.latest_unfinished("train") == Path("outputs/train/2026-01-01_00-00-00")
+    assert checkpoint.restore(run / "checkpoints" / "last", model, optimizer, scheduler)[0] == {"step": 3}
+    assert not list((run / "checkpoints").glob(".last.old-*"))

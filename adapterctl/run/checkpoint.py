@@ -5,8 +5,8 @@ scheduler, gradient scaler, every process's RNG states and the loop's counters a
 ``state.json`` (numbers, strings, lists) with their tensors in ``state.safetensors``. Nothing
 is unpickled: a run folder someone hands you can hold wrong numbers, never code. A folder
 in any other form (the pickled ``state.pt`` of adapterctl 0.1) is refused with one line.
-``last`` is replaced atomically (a ``kill -9`` mid-save leaves the previous one);
-``checkpoints/best`` keeps the best weights.
+``last`` is replaced atomically (a ``kill -9`` mid-save leaves the previous one, which the next
+read or save puts back); ``checkpoints/best`` keeps the best weights.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CorruptFileError
-from ..io import atomic_dir, atomic_write_text
+from ..io import atomic_dir, atomic_write_text, recover
 
 WEIGHTS = "weights.safetensors"
 STATE = "state.json"
@@ -130,6 +130,8 @@ def restore(folder: Path, model, optimizer, scheduler, rank: int = 0, scaler=Non
 
 
 def _refuse_legacy(folder: Path) -> None:
+    """Also puts back a checkpoint whose overwrite a kill interrupted (``io.recover``)."""
+    recover(folder)
     for name in LEGACY:
         if (folder / name).exists():
             raise CorruptFileError(

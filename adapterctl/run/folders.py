@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from ..errors import AdapterConfigError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, recover
 
 RUN_JSON = "run.json"
 METRICS_JSON = "metrics.json"
@@ -57,9 +57,8 @@ def last_checkpoint(folder: Path) -> Path:
 def latest_unfinished(command: str, base: Path = Path("outputs")) -> Path:
     """The unfinished run of ``command`` (a checkpoint, no metrics) whose checkpoint is newest,
     multirun jobs included: what ``resume=true`` continues."""
-    runs = [p.parents[1] for pattern in ("*/checkpoints/last", "*/*/checkpoints/last")
-            for p in (base / command).glob(pattern)]
-    runs = [run for run in runs if not is_finished(run)]
+    runs = [p.parent for pattern in ("*/checkpoints", "*/*/checkpoints") for p in (base / command).glob(pattern)]
+    runs = [run for run in runs if not is_finished(run) and recover(last_checkpoint(run)).is_dir()]
     if not runs:
         raise AdapterConfigError(
             f"nothing to resume: no unfinished run under {base / command} (one with checkpoints/last and no "
@@ -80,7 +79,7 @@ def resumable(command: str, output_dir: str | None) -> Path:
     if is_finished(folder):
         raise AdapterConfigError(f"{folder} is a finished run (it has {METRICS_JSON}): nothing to resume; "
                                  "drop resume=true to start a new run in another output_dir=...")
-    if not last_checkpoint(folder).is_dir():
+    if not recover(last_checkpoint(folder)).is_dir():
         raise AdapterConfigError(f"{folder} has no checkpoint yet (it stopped before its first): start it again "
                                  "in another output_dir=..., without resume=true")
     return folder
