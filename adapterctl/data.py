@@ -4,7 +4,9 @@ Rows come from a local folder first (``<data root>/<task>/<split>.jsonl``, the l
 ../shared/data) and from the HF Hub by dataset id otherwise. Each row is tokenized once; a
 batch is padded to its own longest row (dynamic padding). Four shapes of task: single
 sentences, sentence pairs (both ``classification``), token tagging with labels on the first
-word piece of each word, and extractive QA with answer spans mapped to token positions.
+word piece of each word, extractive QA with answer spans mapped to token positions, and
+``causal_lm``: a prompt template rendered from the row, the label word as the completion, the
+loss on the completion's tokens only (the model is scored on the label word it generates).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +43,8 @@ def data_root(configured: str | None) -> Path:
 def load_rows(task, root: Path, split: str) -> list[dict]:
     """One split's rows: ``<root>/<task.name>/<split>.jsonl``, else ``datasets.load_dataset``.
     Every row is checked against the task here, so an error names the file and line."""
-    local = root / task.name / f"{split}.jsonl"
+    folder = data_folder(task)
+    local = root / folder / f"{split}.jsonl"
     if local.is_file():
         rows = read_jsonl(local)
         for row, where in zip(rows, rows.where):
@@ -48,13 +52,13 @@ def load_rows(task, root: Path, split: str) -> list[dict]:
             if problem:
                 raise DataError(f"{where}: {problem}")
         return list(rows)
-    if (root / task.name).is_dir():
-        have = ", ".join(sorted(p.stem for p in (root / task.name).glob("*.jsonl"))) or "no .jsonl files"
-        raise DataError(f"{local} is missing ({root / task.name} has {have}); add it or choose another split")
+    if (root / folder).is_dir():
+        have = ", ".join(sorted(p.stem for p in (root / folder).glob("*.jsonl"))) or "no .jsonl files"
+        raise DataError(f"{local} is missing ({root / folder} has {have}); add it or choose another split")
     dataset = task.dataset + (f"/{task.subset}" if task.subset else "")
     where = f"{local} does not exist" if root.is_dir() else f"the data root {root} does not exist"
     no_data = (f"no local data for task {task.name!r} ({where}) and the HF Hub dataset {dataset!r} could not be loaded "
-               f"({{}}); set ADAPTERCTL_DATA or data_root=<folder with {task.name}/{split}.jsonl>, or go online")
+               f"({{}}); set ADAPTERCTL_DATA or data_root=<folder with {folder}/{split}.jsonl>, or go online")
     offline = hub_offline()
     if offline:
         raise DataError(no_data.format(offline))
@@ -71,6 +75,12 @@ def load_rows(task, root: Path, split: str) -> list[dict]:
         if problem:
             raise DataError(f"HF dataset {dataset} ({hf_split}) row {i}: {problem}")
     return rows
+
+
+def data_folder(task) -> str:
+    """The task's folder under the data root: ``task.data`` when it reads another task's rows
+    (``rotten_tomatoes_lm`` reads ``rotten_tomatoes/``), else its name."""
+    return task.get("data") or task.name
 
 
 def hub_offline(timeout: float = 3.0) -> str | None:
@@ -195,6 +205,22 @@ class Encoded:
         return len(self.features)
 
 
+KINDS = ("classification", "tagging", "qa", "causal_lm")
+
+
+def check_template(key: str, template: str, fields: list[str]) -> None:
+    """A ``str.format`` template may name only ``fields``: an unknown name is a config error now,
+    not a KeyError on the first row."""
+    try:
+        named = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise AdapterConfigError(f"{key}={template!r} is not a valid template ({e}); write columns as {{text}}") from None
+    unknown = [n for n in named if n not in fields]
+    if unknown:
+        raise AdapterConfigError(f"{key} names {{{unknown[0]}}}, which is not among {', '.join(fields)}; name one of "
+                                 f"those, or set task.text_columns=[...] to the data's columns")
+
+
 class Task:
     """A task config (conf/task/*.yaml) bound to a tokenizer and a maximum length."""
 
@@ -207,14 +233,22 @@ class Task:
         self.label_names = list(cfg.label_names)
         self.tokenizer = tokenizer
         self.max_length = max_length
-        if self.kind not in ("classification", "tagging", "qa"):
-            raise AdapterConfigError(f"task.kind must be classification, tagging or qa, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise AdapterConfigError(f"task.kind must be {', '.join(KINDS[:-1])} or {KINDS[-1]}, got {self.kind!r}")
+        if self.kind == "causal_lm":
+            self.prompt, self.completion = cfg.prompt, cfg.get("completion") or " {label}"
+            check_template("task.prompt", self.prompt, self.columns)
+            check_template("task.completion", self.completion, ["label"])
+            self.completions = [self.completion.format(label=name) for name in self.label_names]
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def collator(self):
+    def collator(self, left: bool = False):
+        """Batches of the split's features; ``left``: causal_lm prompts padded on the left, for generation."""
+        if self.kind == "causal_lm":
+            return LMCollator(pad_id(self.tokenizer), left=left)
         if self.kind == "tagging":
             return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
         return DataCollatorWithPadding(self.tokenizer)
@@ -230,6 +264,8 @@ class Task:
             return self._encode_tagging(rows, split, with_labels)
         if self.kind == "qa":
             return self._encode_qa(rows, with_labels)
+        if self.kind == "causal_lm":
+            return self._encode_causal_lm(rows, with_labels)
         return self._encode_classification(rows, split, with_labels)
 
     def _label_id(self, value) -> int:
@@ -286,9 +322,58 @@ class Task:
             extra.append((offsets, row[context]))
         return Encoded(features, references, extra)
 
+    def _encode_causal_lm(self, rows, with_labels) -> Encoded:
+        """Features: the prompt and the label's completion (and EOS, so generation stops), labels
+        -100 on the prompt; ``extra``: the prompt's ids alone, which generation continues."""
+        tok = self.tokenizer
+        answers = [tok(c, add_special_tokens=False)["input_ids"] + _eos(tok) for c in self.completions]
+        room = self.max_length - max(len(a) for a in answers)
+        if room < 8:
+            raise AdapterConfigError(f"trainer.max_length={self.max_length} leaves {room} tokens for the prompt after "
+                                     "the completion; raise trainer.max_length")
+        features, references, extra = [], [], []
+        for row in rows:
+            prompt = self.prompt_ids(row, room)
+            extra.append(prompt)
+            if with_labels:
+                label = self._label_id(row[self.label_column])
+                answer = answers[label]
+                features.append({"input_ids": prompt + answer, "attention_mask": [1] * (len(prompt) + len(answer)),
+                                 "labels": [IGNORE] * len(prompt) + answer})
+                references.append(label)
+            else:
+                features.append({"input_ids": prompt, "attention_mask": [1] * len(prompt)})
+        return Encoded(features, references, extra)
+
+    def prompt_ids(self, row: dict, room: int) -> list[int]:
+        """The rendered prompt's token ids, at most ``room`` of them: a too-long row has its
+        longest column shortened by the excess (the template's words stay whole), so the prompt
+        still ends with the question the completion answers."""
+        tok, row = self.tokenizer, {c: row[c] for c in self.columns}
+        for _ in range(4):
+            ids = tok(self.prompt.format(**row))["input_ids"]
+            excess = len(ids) - room
+            if excess <= 0:
+                return ids
+            longest = max(self.columns, key=lambda c: len(row[c]))
+            words = tok(row[longest], add_special_tokens=False)["input_ids"]
+            row[longest] = tok.decode(words[:max(len(words) - excess, 0)])
+        return ids[-room:]
+
+    def label_of(self, generated: str) -> int:
+        """The label whose word a generated text starts with (case, spaces and leading quotes or
+        punctuation ignored), -1 for none."""
+        text = generated.strip().lstrip(string.punctuation + " ").lower()
+        for i, completion in enumerate(self.completions):
+            if completion.strip() and text.startswith(completion.strip().lower()):
+                return i
+        return -1
+
     def decode(self, outputs: list, encoded: Encoded) -> list:
         """Per-row model outputs of a split -> what the metrics compare with the references:
         label ids (or regression values), tag-name lists (first word pieces only) or answers."""
+        if self.kind == "causal_lm":  # generated texts
+            return [self.label_of(text) for text in outputs]
         if self.kind == "qa":
             return [_best_answer(s, e, offsets, ctx) for (s, e), (offsets, ctx) in zip(outputs, encoded.extra)]
         if self.kind == "tagging":
@@ -298,6 +383,37 @@ class Task:
             ]
         logits = torch.stack(outputs)
         return logits.view(-1).tolist() if self.num_labels == 1 else logits.argmax(-1).tolist()
+
+
+def pad_id(tokenizer) -> int:
+    """The padding token; a decoder without one pads with EOS (the attention mask hides it)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise AdapterConfigError("the tokenizer has neither a padding nor an end-of-sequence token; give it one")
+    return pad
+
+
+def _eos(tokenizer) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+class LMCollator:
+    """Pads ``input_ids`` with the padding token, ``attention_mask`` with 0 and ``labels`` with -100,
+    on the right (training, perplexity) or the left (prompts that ``generate`` continues)."""
+
+    def __init__(self, pad: int, left: bool = False):
+        self.pad, self.left = pad, left
+
+    def __call__(self, features: list[dict]) -> dict:
+        longest = max(len(f["input_ids"]) for f in features)
+        fill = {"input_ids": self.pad, "attention_mask": 0, "labels": IGNORE}
+        batch = {}
+        for key in ("input_ids", "attention_mask", "labels"):
+            if key in features[0]:
+                rows = [[fill[key]] * (longest - len(f[key])) for f in features]
+                rows = [pad + f[key] if self.left else f[key] + pad for pad, f in zip(rows, features)]
+                batch[key] = torch.tensor(rows, dtype=torch.long)
+        return batch
 
 
 def _span(offsets, start_char: int, end_char: int) -> tuple[int, int]:

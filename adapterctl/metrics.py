@@ -7,6 +7,7 @@ libraries those scripts wrap (scikit-learn, scipy, seqeval) and SQuAD's own EM/F
 from __future__ import annotations
 
 import collections
+import math
 import re
 import string
 
@@ -88,10 +89,16 @@ METRICS = {
 }
 
 
+# Metrics of generated text (causal_lm tasks), computed by run/lm.py from the generations and the
+# completions' token losses rather than from label predictions.
+GENERATION_METRICS = ("exact_match", "perplexity")
+
+
 def check(names) -> None:
-    unknown = [n for n in names if n not in METRICS]
+    unknown = [n for n in names if n not in METRICS and n not in GENERATION_METRICS]
     if unknown:
-        raise AdapterConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+        raise AdapterConfigError(f"unknown metric(s) {', '.join(unknown)}; choose from "
+                                 f"{', '.join([*METRICS, *GENERATION_METRICS])}")
 
 
 def compute(names, predictions, references, num_labels: int = 2) -> dict[str, float]:
@@ -99,5 +106,17 @@ def compute(names, predictions, references, num_labels: int = 2) -> dict[str, fl
     check(names)
     out: dict[str, float] = {}
     for name in names:
-        out.update(METRICS[name](list(predictions), list(references), num_labels=num_labels))
+        if name not in GENERATION_METRICS:
+            out.update(METRICS[name](list(predictions), list(references), num_labels=num_labels))
     return out
+
+
+def exact_match(generated, references) -> dict[str, float]:
+    """The fraction of generated texts equal to their reference, outer whitespace ignored."""
+    same = [g.strip() == r.strip() for g, r in zip(generated, references)]
+    return {"exact_match": sum(same) / max(len(same), 1)}
+
+
+def perplexity(total_nll: float, tokens: int) -> dict[str, float]:
+    """exp of the mean negative log-likelihood per scored token (lower is better)."""
+    return {"perplexity": math.exp(total_nll / max(tokens, 1))}

@@ -297,6 +297,10 @@ def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded,
 
 
 def evaluate(accelerator, model, task: Task, encoded: Encoded, batch_size: int, metric_names) -> dict:
+    if task.kind == "causal_lm":  # scored on generated text
+        from . import lm
+
+        return lm.evaluate(accelerator.unwrap_model(model), task, encoded, batch_size, metric_names)
     outputs = predict_split(accelerator, model, task, encoded, batch_size)
     predictions = task.decode(outputs, encoded)
     return metric_fns.compute(metric_names, predictions, encoded.references, num_labels=task.num_labels)

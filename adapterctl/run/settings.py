@@ -34,11 +34,12 @@ for _name, _spec in registry.methods().items():
 
 # Keys spelt like a config group on the command line: ``adapter=<folder>`` in evaluate and
 # predict names a folder, not an option of conf/adapter/, so it is read as ``adapter_path``.
-PATH_KEYS = {"evaluate": {"adapter": "adapter_path"}, "predict": {"adapter": "adapter_path"}}
+PATH_KEYS = {"evaluate": {"adapter": "adapter_path"}, "predict": {"adapter": "adapter_path"},
+             "generate": {"adapter": "adapter_path"}}
 
 # Keys whose value is free text (``text="a gripping, funny film"``): quoted for Hydra, so a comma
 # or an apostrophe is text, not a sweep or a syntax error. A list (``text=[...]``) stays a list.
-FREE_TEXT_KEYS = {"predict": ("text",)}
+FREE_TEXT_KEYS = {"predict": ("text",), "generate": ("prompt",)}
 
 
 def _quote_free_text(override: str) -> str:
@@ -108,15 +109,24 @@ def check(cfg: DictConfig, command: str) -> None:
         metrics.check(cfg.task.metrics)
         if "head" in cfg:
             check_head(cfg.head.type, cfg.task)
-    if command in ("evaluate", "predict") and bool(cfg.run) == bool(cfg.adapter_path):
+    zero_shot = command == "evaluate" and cfg.get("task") is not None and cfg.task.kind == "causal_lm"
+    if command in ("evaluate", "predict") and bool(cfg.run) == bool(cfg.adapter_path) and not (
+            zero_shot and not cfg.run):
         raise AdapterConfigError("give exactly one of run=<run folder> or adapter=<adapter folder, name or Hub id> "
                                  "(a list of either runs them in one Parallel pass)")
     if command == "predict":
-        check_predict(cfg)
+        check_inputs(cfg, "text", 'text="..." or text=[a,b]', ".json, .jsonl or .csv")
+    if command == "generate":
+        if cfg.run and cfg.adapter_path:
+            raise AdapterConfigError("give at most one of run=<run folder> or adapter=<adapter folder or Hub id>")
+        check_inputs(cfg, "prompt", 'prompt="..."', ".txt, .json, .jsonl or .csv")
+        if cfg.max_new_tokens < 1:
+            raise AdapterConfigError(f"max_new_tokens={cfg.max_new_tokens}: give a positive number of tokens")
 
 
 # task kind -> the head types its rows can train (a classification task with one label is regression)
-HEADS_FOR = {"classification": ("classification",), "tagging": ("tagging",), "qa": ("question_answering",)}
+HEADS_FOR = {"classification": ("classification",), "tagging": ("tagging",), "qa": ("question_answering",),
+             "causal_lm": ("causal_lm",)}
 
 
 def check_head(head_type: str, task) -> None:
@@ -128,11 +138,12 @@ def check_head(head_type: str, task) -> None:
                                  f"use head=auto ({' or '.join(fits) or 'none fits'})")
 
 
-def check_predict(cfg: DictConfig) -> None:
-    if bool(cfg.text) == bool(cfg.file):
-        raise AdapterConfigError('give exactly one of text="..." or file=<.json, .jsonl or .csv>')
+def check_inputs(cfg: DictConfig, key: str, example: str, kinds: str) -> None:
+    """predict's and generate's inputs: ``<key>=`` or ``file=``, and where the output goes."""
+    if bool(cfg[key]) == bool(cfg.file):
+        raise AdapterConfigError(f"give exactly one of {example} or file=<{kinds}>")
     if cfg.file and not Path(cfg.file).is_file():
-        raise AdapterConfigError(f"input file {cfg.file} does not exist; give file=<path to .json, .jsonl or .csv>")
+        raise AdapterConfigError(f"input file {cfg.file} does not exist; give file=<path to {kinds}>")
     if cfg.output:
         out = Path(cfg.output)
         if out.is_dir():
