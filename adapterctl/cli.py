@@ -1,6 +1,6 @@
 """``adapterctl <command> key=value ...``: one entry point, Hydra-composed from ``conf/``.
 
-Commands: train, evaluate, predict, export, fuse, recipes, hub. ``-m``/``--multirun``
+Commands: train, evaluate, predict, generate, export, fuse, recipes, hub, serve. ``-m``/``--multirun``
 sweeps comma-separated values (``adapter=houlsby,pfeiffer seed=1,2``): one run folder per
 combination and a summary of their metrics. User errors print as one line, no traceback.
 """
@@ -18,6 +18,7 @@ commands:
   train      train an adapter (or the full model: adapter=none) on a task
   evaluate   score a run (run=<folder>) or an adapter (adapter=<folder> task=<task>)
   predict    labels and scores for texts (text=...) or a file (file=...)
+  generate   text from a decoder with an adapter, streamed (adapter=<folder> prompt="...")
   export     pack a run's adapter with its Hub card (run=<folder>)
   fuse       train an AdapterFusion over adapters (adapters=[a,b,c] task=<task>)
   recipes    list the whole-run recipes in recipes/
@@ -35,12 +36,13 @@ COMMANDS = {
     "train": "adapterctl.run.train",
     "evaluate": "adapterctl.run.evaluate",
     "predict": "adapterctl.run.predict",
+    "generate": "adapterctl.run.generate",
     "export": "adapterctl.run.export",
     "fuse": "adapterctl.run.fuse",
     "hub": "adapterctl.hub.cli",
     "serve": "adapterctl.serve.cli",
 }
-CONFIGURED = ("train", "evaluate", "predict", "fuse")  # commands composed from conf/<command>.yaml
+CONFIGURED = ("train", "evaluate", "predict", "generate", "fuse")  # commands composed from conf/<command>.yaml
 SWEEPABLE = ("train", "fuse")  # commands whose runs write a folder with metrics.json
 
 
