@@ -1,5 +1,6 @@
 """Helpers for the CLI tests: a tiny BERT folder that ``backbone.path=`` can load (MiniLM's
-tokenizer, random weights, seconds per run), and running the real console script."""
+tokenizer, random weights, seconds per run), a tiny Llama LM folder with its own small
+tokenizer, and running the real console script."""
 
 from __future__ import annotations
 
@@ -30,6 +31,29 @@ def make_tiny_bert(folder: Path, dropout: float = 0.1) -> Path:
     minilm = Path(backbone_path(MINILM))
     for name in TOKENIZER_FILES:
         shutil.copy(minilm / name, folder / name)
+    return folder
+
+
+def make_tiny_llama(folder: Path, data: Path) -> Path:
+    """A 2-layer, hidden-32 ``LlamaForCausalLM`` with a byte-level BPE tokenizer of 400 tokens
+    learnt from rotten_tomatoes' first rows (``data``: the shared data root), saved like a
+    pretrained model: the mechanics of causal_lm tasks in seconds, no download."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    rows = (data / "rotten_tomatoes" / "train.jsonl").read_text().splitlines()[:300]
+    texts = [json.loads(r)["text"] for r in rows] + ["Review: Sentiment: negative positive"]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                        pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
 
 
