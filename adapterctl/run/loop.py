@@ -53,7 +53,7 @@ from .loggers import LOG
 from .schema import AdapterDropSettings, TrainerSettings
 
 __all__ = ["LoopState", "TrainerSettings", "AdapterDropSettings", "train", "accelerator_for", "steps_per_epoch",
-           "total_steps", "evaluate", "predict_split"]
+           "total_steps", "evaluate", "predict_split", "length_grouped"]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LAST, BEST = "last", "best"
 
@@ -157,7 +157,10 @@ def train(model, rows: Sequence[dict], *, collate: Callable, settings: TrainerSe
         epoch, done = divmod(state.step, every)
         if done == 0:
             _draw_as_before()
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        generator = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        if settings.group_by_length:
+            order = length_grouped(order, rows, batch * accumulation, generator)
         loader = accelerator.prepare(_loader([rows[i] for i in order[done * batch * accumulation:]], batch, collate))
         for inputs in loader:
             with accelerator.accumulate(model):
@@ -198,6 +201,21 @@ def train(model, rows: Sequence[dict], *, collate: Callable, settings: TrainerSe
     LOG.info("trained %d steps in %.1f s", state.step, time.time() - started)
     keeper.load_into(unwrapped, state)
     return state
+
+
+def length_grouped(order: list[int], rows: Sequence[dict], batch: int, generator: torch.Generator,
+                   megabatch: int = 50) -> list[int]:
+    """``trainer.group_by_length`` (HF Trainer's idea): the shuffled ``order`` cut into runs of
+    ``megabatch`` batches, each run sorted by row length (longest first) and cut into batches,
+    then the batches shuffled; a short last batch stays last. Seeded like the order, so a resumed
+    epoch skips exactly the batches already done."""
+    batches = []
+    for start in range(0, len(order), batch * megabatch):
+        run = sorted(order[start:start + batch * megabatch], key=lambda i: -len(rows[i]["input_ids"]))
+        batches += [run[j:j + batch] for j in range(0, len(run), batch)]
+    last = [batches.pop()] if batches and len(batches[-1]) < batch else []
+    return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]] + [
+        i for b in last for i in b]
 
 
 def _restore(folder: Path, model, optimizer, scheduler, accelerator, total: int) -> LoopState:

@@ -63,6 +63,8 @@ class TrainerSettings:
     backbone_dropout: str = _key("none", "the frozen backbone's own dropout when training adapters or fusion: none "
                                          "(faster, as accurate: bench/backbone_dropout.py) | hidden (no attention-"
                                          "probability dropout) | all (as its config says; AdapterHub's behaviour)")
+    group_by_length: bool = _key(False, "batches of rows of similar length (less padding): each epoch's order cut into "
+                                        "runs of 50 batches, each sorted by length, the batches shuffled")
     eval_steps: Optional[int] = _key(None, "evaluate every n steps; null: at the end of each epoch")
     save_steps: int = _key(100, "checkpoint every n steps (checkpoints/last, also after each evaluation); 0: only "
                                 "after evaluations")
