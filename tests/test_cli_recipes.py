@@ -1,6 +1,8 @@
 """Recipes: whole runs as plain YAML, listed with their launch line, applied before the
 command line (which can still change them)."""
 
+import yaml
+
 from adapterctl.cli import main
 from adapterctl.run import settings
 from clitools import REPO
@@ -28,4 +30,5 @@ def test_a_recipe_composes_and_the_command_line_wins():
 def test_every_recipe_composes():
     for recipe in REPO.glob("recipes/*.yaml"):
         cfg = settings.load(command(recipe), [f"recipe={recipe.stem}"])
-        assert cfg.backbone.name == "minilm", recipe
+        written = yaml.safe_load(recipe.read_text())
+        assert (cfg.backbone.name, cfg.task.name) == (written["backbone"], written["task"]), recipe
