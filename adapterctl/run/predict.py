@@ -87,7 +87,9 @@ def run(cfg, overrides: list[str]) -> int:
     for head in heads:
         if head.config["head_type"] not in ("classification", "regression"):
             raise AdapterConfigError(
-                f"predict handles classification and regression heads; {head.name!r} is {head.config['head_type']}")
+                f"predict handles classification and regression heads; {head.name!r} is {head.config['head_type']}"
+                + ("; generate writes text with it (adapterctl generate ...)" if head.config["head_type"] == "causal_lm"
+                   else ""))
     columns = _columns(tasks)
     rows = _rows(inputs, columns, names)
     lines = []
