@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -216,16 +217,26 @@ def _resolve(backbone: str) -> str:
 
 
 def scores(folder: Path) -> dict | None:
-    """best and last validation accuracy of a run (ours or AdapterHub's), or None if not run."""
+    """best and last validation accuracy of a run (ours or AdapterHub's), or None if not run. A
+    run stopped before its end counts with the evaluations it made (``partial``: how many)."""
     path = folder / "metrics.json"
     if not path.is_file():
-        return None
+        evals = evaluations(folder)
+        return {"best": max(evals), "last": evals[-1], "seconds": None, "partial": len(evals)} if evals else None
     m = json.loads(path.read_text())
     if "history" in m:  # AdapterHub's
         return {"best": m["best"]["accuracy"], "last": m["last"]["accuracy"], "seconds": m["wall_time_s"]}
-    with open(folder / "metrics.csv") as f:
-        evals = [(int(r["step"]), float(r["value"])) for r in csv.DictReader(f) if r["name"] == "eval/accuracy"]
-    return {"best": m["accuracy"], "last": max(evals)[1], "seconds": m["wall_time_s"]}
+    return {"best": m["accuracy"], "last": evaluations(folder)[-1], "seconds": m["wall_time_s"]}
+
+
+def evaluations(folder: Path) -> list[float]:
+    """The validation accuracies a run logged so far, in order: ours from ``metrics.csv``,
+    AdapterHub's from the Trainer's log lines in ``<folder>.log``."""
+    if (folder / "metrics.csv").is_file():
+        with open(folder / "metrics.csv") as f:
+            return [float(r["value"]) for r in csv.DictReader(f) if r["name"] == "eval/accuracy"]
+    log = folder.parent / f"{folder.name}.log"
+    return [float(x) for x in re.findall(r"'eval_accuracy': ([0-9.]+)", log.read_text())] if log.is_file() else []
 
 
 def summary(folder: Path) -> str:
@@ -233,11 +244,14 @@ def summary(folder: Path) -> str:
     return f"best {s['best']:.4f}, last {s['last']:.4f} ({s['seconds']:.0f}s)" if s else "not run"
 
 
-def mean_sd(values: list[float]) -> str:
-    if not values:
+def mean_sd(runs: list[dict], key: str) -> str:
+    """mean ± sd over the runs, each seed's value, and ``*k`` for a run stopped after k evaluations."""
+    if not runs:
         return "-"
+    values = [r[key] for r in runs]
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f} (n={len(values)})"
+    each = " ".join(f"{r[key]:.2f}" + (f"*{r['partial']}" if r.get("partial") else "") for r in runs)
+    return f"{statistics.mean(values):.3f} ± {sd:.3f} [{each}]"
 
 
 def table(a) -> None:
@@ -249,15 +263,15 @@ def table(a) -> None:
             print(f"  {task:6s} accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  step {m['best_step']}/{m['steps']}  "
                   f"{m['wall_time_s']:.0f}s")
     print("\ntargets: validation accuracy, mean ± sd over seeds " + " ".join(map(str, a.seeds)) + " (best epoch | last epoch)")
-    print(f"  {'target':6s} {'condition':18s} {'ours best':24s} {'ours last':24s} {'AdapterHub best':24s} {'AdapterHub last':24s}")
+    print(f"  {'target':6s} {'condition':18s} {'ours best':30s} {'ours last':30s} {'AdapterHub best':30s} {'AdapterHub last':30s}")
     for target in a.targets:
         for name, _ in conditions(a, target):
             row = []
             for library in ("ours", "adapterhub"):
                 runs = [scores(a.out / library / target / name / f"s{seed}") for seed in a.seeds]
                 runs = [r for r in runs if r]
-                row += [mean_sd([r["best"] for r in runs]), mean_sd([r["last"] for r in runs])]
-            print(f"  {target:6s} {name:18s} " + " ".join(f"{c:24s}" for c in row))
+                row += [mean_sd(runs, "best"), mean_sd(runs, "last")]
+            print(f"  {target:6s} {name:18s} " + " ".join(f"{c:30s}" for c in row))
     for target in a.targets:
         for name, how in conditions(a, target):
             if "lr" not in how:
@@ -272,21 +286,24 @@ def table(a) -> None:
 
 
 def attention(folder: Path, library: str, a) -> dict | None:
-    if not (folder / "metrics.json").is_file():
-        return None
     if library == "adapterhub":
-        return json.loads((folder / "metrics.json").read_text())["fusion_attention"]["first_token"]
+        done = folder / "metrics.json"
+        return json.loads(done.read_text())["fusion_attention"]["first_token"] if done.is_file() else None
+    if not (folder / "metrics.json").is_file() and not (folder / "checkpoints" / "best").is_dir():
+        return None
     cached = folder / "fusion_attention.json"
-    if not cached.is_file():
-        cached.write_text(json.dumps(our_attention(folder), indent=2) + "\n")
-    return json.loads(cached.read_text())["first_token"]
+    if cached.is_file():
+        return json.loads(cached.read_text())["first_token"]
+    weights = our_attention(folder)
+    if (folder / "metrics.json").is_file():  # a finished run's attention no longer changes
+        cached.write_text(json.dumps(weights, indent=2) + "\n")
+    return weights["first_token"]
 
 
 def our_attention(folder: Path) -> dict:
     """Mean fusion attention per layer of a fuse run, over its validation rows: at the first
     token (the head's input) and over all real tokens. The probabilities are recomputed from
     each fusion layer's inputs (softmax(q·k) as in ``Fusion.forward``, without dropout)."""
-    import re
 
     import torch
     from torch.utils.data import DataLoader
@@ -297,7 +314,19 @@ def our_attention(folder: Path) -> dict:
 
     record, cfg = folders.load_run(folder)
     model, tokenizer = build.load_backbone(record["backbone"]["path"])
-    setup, _ = model.load_adapter_setup(folder / record["setup_dir"], set_active=True)
+    if (folder / record["setup_dir"]).is_dir():
+        setup, _ = model.load_adapter_setup(folder / record["setup_dir"], set_active=True)
+    else:  # a run stopped early: rebuild it as fuse does and take its best weights so far
+        from adapterctl import Fuse
+        from adapterctl.run import checkpoint
+
+        names = [model.load_adapter(source, with_head=False) for source in record["adapters"]]
+        fusion = model.add_fusion(names, {k: v for k, v in record["fusion"].items() if k not in ("name", "lr")})
+        model.add_head(fusion, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
+        setup = Fuse(*names)
+        model.set_active_adapters(setup)
+        model.active_head = fusion
+        checkpoint.load_weights(folder / "checkpoints" / "best", model)
     model.eval()
     names = list(setup.flatten())
     captured: dict[int, list] = {}
