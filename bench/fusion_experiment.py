@@ -152,36 +152,24 @@ def head_on_source(overrides: list[str], source: Path, folder: Path) -> None:
 
 
 def _head_child(source: str, folder: str, overrides: list[str]) -> None:
-    from accelerate.utils import set_seed
-
-    from adapterctl.data import Task, data_root, load_rows
-    from adapterctl.run import build, folders, loop, settings
-    from adapterctl.run.loggers import Trackers, log_to
-    from adapterctl.run.train import run_folder, sample, write_result
+    from adapterctl.run import build, folders, runner, settings
 
     overrides = [*overrides, "adapter=pfeiffer", f"output_dir={folder}"]
     cfg = settings.load("train", overrides)
-    accelerator = loop.accelerator_for(cfg.trainer)
-    started = time.time()
-    set_seed(cfg.seed)
-    model, tokenizer = build.load_backbone(cfg.backbone.path)
-    name = model.load_adapter(build.adapter_source(source), with_head=False)
-    model.add_head(name, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
-    model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
-    for module in model.adapter_modules(name):
-        module.requires_grad_(False)  # the source adapter stays as it was trained: only the head learns
-    task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
-    root = data_root(cfg.data_root)
-    train_set = task.encode(sample(load_rows(cfg.task, root, "train"), cfg.trainer.max_train_samples), "train")
-    eval_set = task.encode(sample(load_rows(cfg.task, root, "validation"), cfg.trainer.max_eval_samples), "validation")
-    out = run_folder(cfg, accelerator)
-    log_to(out / "train.log")
-    folders.write_config(out, cfg, overrides)
-    trackers = Trackers(out, cfg.logger.backends)
-    state = loop.train(cfg, accelerator, model, task, train_set, eval_set, out, trackers, resume=False)
-    trackers.close()
-    write_result(cfg, out, state, accelerator, started, source=source,
-                 trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+    def head_on_frozen_source(cfg) -> runner.Built:
+        model, tokenizer = build.load_backbone(cfg.backbone.path)
+        name = model.load_adapter(build.adapter_source(source), with_head=False)
+        model.add_head(name, cfg.head.type, **build.head_options(cfg.head, cfg.task.label_names))
+        model.train_adapter(name, backbone_dropout=cfg.trainer.backbone_dropout)
+        for module in model.adapter_modules(name):
+            module.requires_grad_(False)  # the source adapter stays as it was trained: only the head learns
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return runner.Built(model, tokenizer, f"a new head on the frozen {name} adapter",
+                            {**folders.run_record(cfg, "train"), "source": source},
+                            lambda run, overwrite: {"source": source, "trainable_parameters": trainable})
+
+    runner.run(cfg, overrides, "train", head_on_frozen_source)
 
 
 def run_adapterhub(a) -> None:

