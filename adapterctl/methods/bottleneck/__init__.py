@@ -1,5 +1,5 @@
-"""Bottleneck adapters: Houlsby, Pfeiffer, parallel, and MAD-X's invertible blocks (AdapterHub's
-``BnConfig``; ``architecture`` null in its files)."""
+"""Bottleneck adapters: Houlsby, Pfeiffer, parallel, Compacter (PHM layers), AdapterPlus, and MAD-X's
+invertible blocks (AdapterHub's ``BnConfig``; ``architecture`` null in its files)."""
 
 from ...core.registry import register_method
 from .config import BnConfig

@@ -19,6 +19,7 @@ from ...errors import AdapterConfigError
 INITS = ("identity", "bert", "houlsby", "mam_adapter")
 SCALINGS = ("learned", "channel")
 RESIDUAL_BEFORE_LN = (True, False, "post_add")
+PHM_W_INITS = ("glorot-uniform", "glorot-normal", "phm", "normal")
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ class BnConfig(AdapterConfig):
     cross_adapter: bool = False
     leave_out: tuple = ()
     dropout: float = 0.0
-    # AdapterHub's PHM (Compacter) fields: read and written so files round-trip; only the
-    # defaults (phm_layer=False) are supported.
+    # Compacter (``phm_layer``): PHM projections, see ``phm.py``
     phm_layer: bool = False
     phm_dim: int = 4
     factorized_phm_W: bool | None = True
@@ -98,14 +98,44 @@ class BnConfig(AdapterConfig):
             raise AdapterConfigError(f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name, supported in (("phm_layer", False), ("use_gating", False), ("cross_adapter", False)):
-            if getattr(self, name) != supported:
-                raise AdapterConfigError(f"{name}={getattr(self, name)!r} is not supported by adapterctl yet")
-        if self.stochastic_depth:
-            raise AdapterConfigError("stochastic_depth is not supported by adapterctl yet")
+        if self.cross_adapter:
+            raise AdapterConfigError("cross_adapter=True is not supported by adapterctl yet")
+        if isinstance(self.stochastic_depth, bool) or not 0.0 <= (self.stochastic_depth or 0.0) < 1.0:
+            raise AdapterConfigError(f"stochastic_depth must be in [0, 1), got {self.stochastic_depth!r}")
+        if self.phm_layer:
+            self._validate_phm()
         if self.inv_adapter not in (None, "nice", "glow"):
             raise AdapterConfigError(f"unknown inv_adapter {self.inv_adapter!r}; use 'nice' or 'glow'")
         _activation_check(self.non_linearity)
+
+    def _validate_phm(self) -> None:
+        for name in ("phm_dim", "phm_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AdapterConfigError(f"{name} must be an integer >= 1, got {value!r}; e.g. {name}=4")
+        if self.hypercomplex_nonlinearity not in PHM_W_INITS:
+            raise AdapterConfigError(
+                f"unknown hypercomplex_nonlinearity {self.hypercomplex_nonlinearity!r}; choose one of {', '.join(PHM_W_INITS)}"
+            )
+        if self.phm_c_init not in ("normal", "uniform"):
+            raise AdapterConfigError(f"unknown phm_c_init {self.phm_c_init!r}; use 'normal' or 'uniform'")
+        if self.init_weights not in ("identity", "bert"):
+            raise AdapterConfigError(
+                f"init_weights={self.init_weights!r} does not apply to PHM layers (phm_layer=True); "
+                "use 'identity' (a zero up-projection) or 'bert' (AdapterHub's)"
+            )
+        if self.shared_W_phm and isinstance(self.reduction_factor, Mapping):
+            raise AdapterConfigError(
+                "shared_W_phm=True shares one W across layers, so it needs one reduction_factor, not a mapping"
+            )
+
+    def check_sizes(self, hidden_size: int, bottleneck_size: int) -> None:
+        """Compacter splits both sides of a projection into ``phm_dim`` blocks."""
+        if self.phm_layer and (hidden_size % self.phm_dim or bottleneck_size % self.phm_dim):
+            raise AdapterConfigError(
+                f"phm_layer needs the hidden size ({hidden_size}) and the bottleneck size ({bottleneck_size}) to be "
+                f"multiples of phm_dim={self.phm_dim}; change reduction_factor or phm_dim"
+            )
 
     def reduction_factor_for(self, layer: int) -> float:
         rf = self.reduction_factor
@@ -178,6 +208,7 @@ _PAR_BN = dict(
     scaling=4.0,
 )
 _INV = dict(inv_adapter="nice", inv_adapter_reduction_factor=2)
+_PHM = dict(phm_layer=True, reduction_factor=32, non_linearity="gelu")
 
 for _names, _fields in (
     (("pfeiffer", "seq_bn"), _SEQ_BN),
@@ -186,6 +217,15 @@ for _names, _fields in (
     (("scaled_parallel", "scaled_par_bn"), {**_PAR_BN, "scaling": "learned"}),
     (("pfeiffer+inv", "seq_bn_inv"), {**_SEQ_BN, **_INV}),
     (("houlsby+inv", "double_seq_bn_inv"), {**_DOUBLE_SEQ_BN, **_INV}),
+    (("compacter",), {**_DOUBLE_SEQ_BN, **_PHM}),
+    (("compacter++",), {**_SEQ_BN, **_PHM}),
+    # AdapterHub's AdapterPlusConfig (Steitz & Roth 2024; not in its preset map): after the
+    # feed-forward LayerNorm, without the model's LayerNorm after it; per-channel scaling.
+    (("adapterplus",), dict(
+        original_ln_before=True, original_ln_after=False, residual_before_ln=False, mh_adapter=False,
+        output_adapter=True, non_linearity="gelu", reduction_factor=96, init_weights="houlsby", scaling="channel",
+        stochastic_depth=0.1,
+    )),
 ):
     for _name in _names:
         register_preset(_name, BnConfig, **_fields)

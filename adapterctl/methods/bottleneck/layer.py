@@ -1,4 +1,5 @@
-"""Bottleneck adapters (Houlsby, Pfeiffer, parallel) and the layer that runs them at a residual site.
+"""Bottleneck adapters (Houlsby, Pfeiffer, parallel, Compacter, AdapterPlus) and the layer that runs
+them at a residual site.
 
 Placement follows AdapterHub's ``adapters`` 1.x exactly, so its saved adapters give the same
 outputs here. At a site the transformer computes ``layer_norm(h + x)`` (``h`` the sub-layer
@@ -7,8 +8,10 @@ output, ``x`` the residual stream); with adapters active this becomes:
     pre:   residual = h                        if residual_before_ln is True
            h = layer_norm(h + x)               if original_ln_before (residual = h + x if "post_add")
            residual = h                        if residual_before_ln is False
-    adapter: out = up(act(down(ln_before?(h)))) * scaling, dropout, + residual, ln_after?
-             (adapter_residual_before_ln decides whether the residual joins before ln_after)
+    adapter: out = up(act(down(ln_before?(h)))) * scaling, dropout, * gate?, + residual, ln_after?
+             (adapter_residual_before_ln decides whether the residual joins before ln_after;
+             Compacter's up/down are PHM layers (phm.py); the gate is the sequence mean of
+             sigmoid(gate(h)) per row; stochastic_depth drops whole rows of up() in training)
     post:  out = layer_norm(out + x)           if original_ln_after
 
 A parallel adapter reads ``x`` instead of ``h`` and its output joins ``h`` before the post step.
@@ -33,22 +36,25 @@ from ...core.composition import Fuse, Stack
 from ...errors import AdapterConfigError
 from ..base import ComposableLayer, init_generator
 from .config import BnConfig
+from .phm import PHMLayer, PHMShared
 
 
 class Bottleneck(nn.Module):
     """One adapter at one site. Weight names match AdapterHub's ``Adapter`` module:
-    ``adapter_down.0`` (or ``.1`` after ``adapter_norm_before``), ``adapter_up``."""
+    ``adapter_down.0`` (or ``.1`` after ``adapter_norm_before``), ``adapter_up``; with
+    ``phm_layer`` both projections are Compacter's ``PHMLayer`` (``phm.py``), whose shared tensors
+    ``shared`` holds; ``gate`` with ``use_gating``."""
 
-    def __init__(self, config: BnConfig, hidden_size: int, bottleneck_size: int):
+    def __init__(self, config: BnConfig, hidden_size: int, bottleneck_size: int, shared: PHMShared | None = None):
         super().__init__()
         self.config = config
         down: list[nn.Module] = []
         if config.ln_before:
             self.adapter_norm_before = nn.LayerNorm(hidden_size)
             down.append(self.adapter_norm_before)
-        down += [nn.Linear(hidden_size, bottleneck_size), Activation(config.non_linearity)]
+        down += [self._projection(hidden_size, bottleneck_size, "down", shared), Activation(config.non_linearity)]
         self.adapter_down = nn.Sequential(*down)
-        self.adapter_up = nn.Linear(bottleneck_size, hidden_size)
+        self.adapter_up = self._projection(bottleneck_size, hidden_size, "up", shared)
         if config.scaling == "learned":
             self.scaling = nn.Parameter(torch.ones(1))
         elif config.scaling == "channel":
@@ -57,15 +63,27 @@ class Bottleneck(nn.Module):
             self.scaling = float(config.scaling)
         if config.ln_after:
             self.adapter_norm_after = nn.LayerNorm(hidden_size)
+        # UniPELT's gate: the output scaled by the sequence mean of sigmoid(gate(input)), per row
+        self.gate = nn.Linear(hidden_size, 1) if config.use_gating else None
         self.dropout = nn.Dropout(config.dropout)
         self._init_weights(config.init_weights, config.init_weights_seed)
+
+    def _projection(self, fan_in: int, fan_out: int, position: str, shared) -> nn.Module:
+        if self.config.phm_layer:
+            return PHMLayer(self.config, fan_in, fan_out, position, shared)
+        return nn.Linear(fan_in, fan_out)
 
     @torch.no_grad()
     def _init_weights(self, kind: str, seed: int | None) -> None:
         generator = init_generator(seed)
         down = self.adapter_down[-2]
         up = self.adapter_up
-        if kind in ("identity", "bert"):
+        if self.config.phm_layer:  # AdapterHub's "bert" init leaves PHM layers their own
+            down.init_(generator)
+            up.init_(generator)
+            if kind == "identity":
+                up.zero_()
+        elif kind in ("identity", "bert"):
             down.weight.normal_(0.0, 0.02, generator=generator)
             up.weight.zero_() if kind == "identity" else up.weight.normal_(0.0, 0.02, generator=generator)
         elif kind == "mam_adapter":
@@ -74,8 +92,12 @@ class Bottleneck(nn.Module):
         elif kind == "houlsby":
             for lin in (down, up):
                 nn.init.trunc_normal_(lin.weight, mean=0.0, std=1e-2, a=-2e-2, b=2e-2, generator=generator)
-        down.bias.zero_()
-        up.bias.zero_()
+        if not self.config.phm_layer:
+            down.bias.zero_()
+            up.bias.zero_()
+        if self.gate is not None:
+            self.gate.weight.normal_(0.0, 0.02, generator=generator)
+            self.gate.bias.zero_()
 
     def pre_forward(self, h, x, layer_norm, query_before_ln: bool = False, hx=None):
         """Returns (adapter input, fusion query, adapter residual); see the module docstring.
@@ -98,9 +120,13 @@ class Bottleneck(nn.Module):
     def forward(self, h, residual):
         """Returns (output, up-projection output); the latter feeds AdapterFusion."""
         up = self.adapter_up(self.adapter_down(h))
+        if self.training and self.config.stochastic_depth and not self.config.is_parallel:
+            up = _drop_rows(up, self.config.stochastic_depth)
         if not (isinstance(self.scaling, float) and self.scaling == 1.0):  # spare a pass over the batch
             up = up * self.scaling
         out = self.dropout(up) if self.dropout.p else up
+        if self.gate is not None:
+            out = out * torch.sigmoid(self.gate(h)).mean(dim=1, keepdim=True)
         if self.config.is_parallel:
             return (self.adapter_norm_after(out) if self.config.ln_after else out), up
         if self.config.adapter_residual_before_ln:
@@ -114,12 +140,13 @@ class Bottleneck(nn.Module):
     @property
     def fusable(self) -> bool:
         """Whether ``fused_step`` computes this adapter's site: a sequential adapter whose output
-        joins the sub-layer output ``h`` (pfeiffer, houlsby), unscaled, without dropout now."""
+        joins the sub-layer output ``h`` (pfeiffer, houlsby), unscaled, plain Linear projections, no
+        gate, without dropout now."""
         c = self.config
         return (
             not c.is_parallel and c.residual_before_ln is True and c.original_ln_after and not c.ln_after
             and not c.adapter_residual_before_ln and isinstance(self.scaling, float) and self.scaling == 1.0
-            and not (self.training and self.dropout.p)
+            and not (c.phm_layer or c.use_gating) and not (self.training and (self.dropout.p or c.stochastic_depth))
         )
 
     def fused_step(self, h, hx, layer_norm):
@@ -143,6 +170,13 @@ class Bottleneck(nn.Module):
             return out if self.config.original_ln_after else out - x
         return layer_norm(out + x) if self.config.original_ln_after else out
 
+
+def _drop_rows(t: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth (torchvision's ``StochasticDepth(p, "row")``, which AdapterHub uses for
+    AdapterPlus): in training each row's adapter output is dropped with probability ``p``, the
+    kept ones scaled by ``1 / (1 - p)``. Sequential adapters only, as in AdapterHub."""
+    keep = t.new_empty((t.shape[0],) + (1,) * (t.dim() - 1)).bernoulli_(1.0 - p)
+    return t * keep.div_(1.0 - p)
 
 
 class State(NamedTuple):

@@ -1,6 +1,7 @@
 """Bottleneck adapters in a model: one ``BottleneckLayer`` per residual site that holds any
 (AdapterHub's ``mh_adapter`` and ``output_adapter`` sites of the family spec), the MAD-X
-invertible blocks at the embeddings, and AdapterFusion layers beside the adapters they fuse."""
+invertible blocks at the embeddings, Compacter's shared PHM tensors at the base model, and
+AdapterFusion layers beside the adapters they fuse."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch.nn as nn
 from ...families.hooks import attach_residual_site
 from ...families.spec import POST_LN
 from .. import invertible
-from ..base import ALL_BLOCKS, Method
+from ..base import ALL_BLOCKS, Method, init_generator
 from ..fusion.layer import Fusion
 from .config import BnConfig
 from .layer import Bottleneck, BottleneckLayer
+from .phm import SHARED, PHMShared
 
 SITES = ("mh_adapter", "output_adapter")
 
@@ -20,19 +22,25 @@ SITES = ("mh_adapter", "output_adapter")
 class BottleneckMethod(Method):
     name = "bottleneck"
     supported_blocks = ALL_BLOCKS
-    containers = ("adapters", "invertible_adapters")
+    containers = ("adapters", "invertible_adapters", SHARED)
 
     def add(self, name: str, config: BnConfig) -> None:
         host = self.host
+        layers = [(stack, idx, layer) for stack, idx, layer in host.iter_layers() if idx not in config.leave_out]
+        for _, idx, _ in layers:
+            config.check_sizes(host.hidden_size, config.bottleneck_size(host.hidden_size, idx))
         if config.inv_adapter:  # MAD-X: the language adapter's coupling block at the embeddings
             embedding_size = getattr(host.config, "embedding_size", host.hidden_size)
             self.invertible_adapters()[name] = host.like_model(invertible.build(config, embedding_size))
-        for stack, idx, layer in host.iter_layers():
-            if idx in config.leave_out:
-                continue
+        shared = None
+        if config.phm_layer and (config.shared_phm_rule or config.shared_W_phm):  # Compacter's, once per adapter
+            shared = PHMShared(config, host.hidden_size, config.bottleneck_size(host.hidden_size, 0))
+            shared.init_(init_generator(config.init_weights_seed))
+            self.shared_parameters()[name] = shared = host.like_model(shared)
+        for stack, idx, layer in layers:
             for site_key in SITES:
                 if getattr(config, site_key):
-                    module = Bottleneck(config, host.hidden_size, config.bottleneck_size(host.hidden_size, idx))
+                    module = Bottleneck(config, host.hidden_size, config.bottleneck_size(host.hidden_size, idx), shared)
                     self._layer(stack, idx, layer, site_key).adapters[name] = host.like_model(module)
 
     def _layer(self, stack: str, idx: int, layer: nn.Module, site_key: str) -> BottleneckLayer:
@@ -61,15 +69,25 @@ class BottleneckMethod(Method):
             backbone.add_module("invertible_adapters", modules)
         return backbone.invertible_adapters
 
+    def shared_parameters(self) -> nn.ModuleDict:
+        """Created with the first Compacter adapter, at AdapterHub's place (``<prefix>.shared_parameters``)."""
+        backbone = self.host.backbone
+        if not hasattr(backbone, SHARED):
+            backbone.add_module(SHARED, nn.ModuleDict())
+        return getattr(backbone, SHARED)
+
     def delete(self, name: str) -> None:
         super().delete(name)
-        if name in getattr(self.host.backbone, "invertible_adapters", {}):
-            del self.invertible_adapters()[name]
+        backbone = self.host.backbone
+        for container in ("invertible_adapters", SHARED):
+            if name in getattr(backbone, container, {}):
+                del getattr(backbone, container)[name]
 
     def modules(self, name: str) -> list[nn.Module]:
-        """Its invertible block first, then its bottlenecks in layer order."""
-        inv = getattr(self.host.backbone, "invertible_adapters", {})
-        return ([inv[name]] if name in inv else []) + super().modules(name)
+        """Its invertible block first, its shared PHM tensors, then its bottlenecks in layer order."""
+        backbone = self.host.backbone
+        own = [getattr(backbone, c)[name] for c in ("invertible_adapters", SHARED) if name in getattr(backbone, c, {})]
+        return own + super().modules(name)
 
     # -- AdapterFusion -----------------------------------------------------------------------
 
