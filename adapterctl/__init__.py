@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AdapterModel": ".core.model",
     "load_config": ".core.config", "config_hash": ".core.config", "register_method": ".core.registry",
-    "BnConfig": ".methods.bottleneck.config",
+    "BnConfig": ".methods.bottleneck.config", "ConfigUnion": ".methods.union.config",
     "Stack": ".core.composition", "Fuse": ".core.composition", "Split": ".core.composition",
     "BatchSplit": ".core.composition", "Parallel": ".core.composition", "Average": ".core.composition",
     "AdapterError": ".errors", "AdapterConfigError": ".errors", "AdapterNotFoundError": ".errors",

@@ -129,12 +129,13 @@ _STRING_FORM = re.compile(r"^(?P<name>[^\[\]|\n]+?)\s*(?:\[(?P<kvs>.*)\])?$")
 
 
 def parse_config_string(text: str) -> AdapterConfig:
-    """``pfeiffer[reduction_factor=8, non_linearity='gelu']`` -> a config.
+    """``pfeiffer[reduction_factor=8, non_linearity='gelu']`` -> a config; ``seq_bn|lora`` -> a
+    union of configs (``methods/union``).
 
     Values are Python literals, parsed with ``ast.literal_eval`` (never ``eval``).
     """
     if "|" in text:
-        raise AdapterConfigError(f"config unions ({text!r}) are not supported yet: give one config per adapter")
+        return registry.config_class_for("union")(*text.split("|"))
     m = _STRING_FORM.match(text.strip())
     if not m:
         raise AdapterConfigError(
@@ -215,7 +216,7 @@ def config_hash(config: AdapterConfig | Mapping, length: int = 16) -> str:
     Our ``identity`` init counts as AdapterHub's default ``bert``: the init is not part of the
     architecture, and the same adapter must find the same index entry.
     """
-    d = config.to_dict() if isinstance(config, AdapterConfig) else dict(config)
+    d = config.to_file_dict() if isinstance(config, AdapterConfig) else dict(config)  # a union's parts' too
     if d.get("init_weights") == "identity":
         d["init_weights"] = "bert"
     minimized = _minimize(d)
