@@ -14,7 +14,8 @@ from adapterctl import AdapterConfigError, AdapterModel, BnConfig
 from adapterctl.core.config import load_config
 from adapterctl.methods.bottleneck.layer import Bottleneck
 from adapterctl.methods.bottleneck.phm import PHMLayer, PHMShared
-from conftest import batch, perturb, tiny_llama, tiny_model
+from clitools import adapterctl, make_tiny_bert, quick
+from conftest import DATA, batch, perturb, tiny_llama, tiny_model
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
 THEIRS = ["compacter", "ppcompacter", "adapterplus"]  # CompacterConfig, CompacterPlusPlusConfig (rf 8), AdapterPlusConfig
@@ -30,11 +31,16 @@ def outputs(model, inputs, setup):
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
 
-def test_parameter_counts_follow_adapterhub():
+def bert_base_shape() -> AdapterModel:
+    """A bert-base-sized model without values (counts need none), as param_counts.json's."""
     config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                         vocab_size=8, max_position_embeddings=8)
-    with torch.device("meta"):  # counts need no values
-        model = AdapterModel(AutoModel.from_config(config))
+    with torch.device("meta"):
+        return AdapterModel(AutoModel.from_config(config))
+
+
+def test_parameter_counts_follow_adapterhub():
+    model = bert_base_shape()
     for preset in ("compacter", "compacter++", "adapterplus"):
         model.add_adapter(preset.replace("+", "p"), preset)
     rows = {row["name"]: (row["method"], row["params"]) for row in model.adapter_summary(as_dict=True)}
@@ -106,14 +112,21 @@ def test_a_fresh_compacter_is_an_identity_trains_and_reloads(variant, tmp_path):
     assert any(up_factor in n and g.abs().sum() > 0 for n, g in grads.items())
     rules = [n for n in model.state_dict() if ".c." in n and "phm_rule" in n]
     assert rules and all(n in grads for n in rules) == variant.get("learn_phm", True)
-    perturb(model, ".c.", std=1.0)  # PHM weights are products of three factors
+    reloads_trained(model, "c", inputs, base, tmp_path, std=1.0)  # PHM weights: products of three factors
+
+
+def reloads_trained(model, name, inputs, base, folder, std=0.1) -> AdapterModel:
+    """Perturb the adapter (a trained one), check it acts, and that its saved folder gives a fresh
+    model the same outputs; returns that model."""
+    perturb(model, f".{name}.", std=std)
     model.eval()
-    trained = outputs(model, inputs, "c").hidden_states
+    trained = outputs(model, inputs, name).hidden_states
     assert (trained - base).abs().max() > 1e-3
-    model.save_adapter(tmp_path / "c", "c")
+    model.save_adapter(folder / name, name)
     fresh = tiny_model()
-    fresh.load_adapter(tmp_path / "c")
-    close(outputs(fresh, inputs, "c").hidden_states, trained, 0.0)
+    fresh.load_adapter(folder / name)
+    close(outputs(fresh, inputs, name).hidden_states, trained, 0.0)
+    return fresh
 
 
 @pytest.mark.parametrize("family", ["distilbert", "llama"])
@@ -177,3 +190,15 @@ def test_delete_removes_the_shared_tensors():
     model.delete_adapter("c")
     assert "c" not in model.backbone.shared_parameters
     assert not any(".c." in k for k in model.state_dict())
+
+
+def test_train_compacter_through_the_cli(tmp_path):
+    """``adapter=compacter++`` with a field overridden trains, saves AdapterHub's config and evaluates."""
+    backbone = make_tiny_bert(tmp_path / "tiny")
+    adapterctl("train", *quick(backbone, steps=3), f"data_root={DATA}", "adapter=compacter++",
+               "adapter.reduction_factor=4", "adapter.phm_dim=2", "output_dir=run", cwd=tmp_path)
+    saved = json.loads((tmp_path / "run" / "adapters" / "rotten_tomatoes" / "adapter_config.json").read_text())
+    assert saved["config"]["phm_layer"] and saved["config"]["phm_dim"] == 2 and saved["config"]["reduction_factor"] == 4
+    weights = load_file(tmp_path / "run" / "adapters" / "rotten_tomatoes" / "adapter.safetensors")
+    assert "bert.shared_parameters.rotten_tomatoes.phm_rule" in weights
+    adapterctl("evaluate", "run=run", cwd=tmp_path)

@@ -3,29 +3,17 @@ form AdapterHub reads, against its recorded outputs, names, counts and hash
 (tests/fixtures/adapterhub_methods), and its rule for parts that collide."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, BertConfig
 
 from adapterctl import AdapterConfigError, AdapterModel, BnConfig, ConfigUnion, Fuse, config_hash
 from adapterctl.core.config import load_config
 from conftest import batch, perturb, tiny_model
+from test_compacter import METHODS, bert_base_shape, close, outputs, reloads_trained
 
-METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
 FACTS = json.loads((METHODS / "configs.json").read_text())
-
-
-def close(a, b, tol=1e-5):
-    assert a.shape == b.shape
-    assert (a - b).abs().max().item() <= tol
-
-
-def outputs(model, inputs, setup):
-    with torch.no_grad(), model.adapter_setup(setup):
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
 
 def test_every_form_of_a_union_is_the_same_config():
@@ -44,10 +32,7 @@ def test_every_form_of_a_union_is_the_same_config():
 
 
 def test_parameter_count_follows_adapterhub():
-    config = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                        vocab_size=8, max_position_embeddings=8)
-    with torch.device("meta"):
-        model = AdapterModel(AutoModel.from_config(config))
+    model = bert_base_shape()
     model.add_adapter("u", "seq_bn[reduction_factor=4]|lora")
     row = model.adapter_summary(as_dict=True)[0]
     assert (row["method"], row["params"]) == ("pfeiffer|lora", 3_845_376)
@@ -86,14 +71,7 @@ def test_a_fresh_union_is_an_identity_and_trains_all_its_parts_as_one(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")}
     assert trainable and all(".u." in n for n in trainable)
     assert any(".adapters.u." in n for n in trainable) and any(".loras.u." in n for n in trainable)
-    perturb(model, ".u.")
-    model.eval()
-    trained = outputs(model, inputs, "u").hidden_states
-    assert (trained - base).abs().max() > 1e-2
-    model.save_adapter(tmp_path / "u", "u")
-    fresh = tiny_model()
-    fresh.load_adapter(tmp_path / "u")
-    close(outputs(fresh, inputs, "u").hidden_states, trained, 0.0)
+    fresh = reloads_trained(model, "u", inputs, base, tmp_path)
     fresh.delete_adapter("u")
     assert not any(".u." in k for k in fresh.state_dict())
 
