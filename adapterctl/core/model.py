@@ -30,6 +30,7 @@ from ..heads import PredictionHead, build_head
 from ..heads.language_modeling import decoder_inputs
 from ..io import atomic_dir, child, recover
 from ..methods.adapterdrop import AdapterDrop
+from ..methods.averaging import average_adapter
 from ..methods.base import Method
 from ..methods.fusion.config import FusionConfig, load_fusion_config
 from . import composition as C
@@ -236,6 +237,8 @@ class AdapterModel(nn.Module):
         for method in self._methods.values():
             if method.can_merge:
                 method.reset()
+
+    average_adapter = average_adapter  # a new adapter from others' weights (methods/averaging.py)
 
     # -- fusion ---------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class Method:
     supported_blocks: ClassVar[tuple[type, ...]] = ALL_BLOCKS
     containers: ClassVar[tuple[str, ...]] = ("adapters",)  # key segments before an adapter's name
     can_merge: ClassVar[bool] = False
+    combine_strategies: ClassVar[tuple[str, ...]] = ("linear",)  # average_adapter's (methods/averaging.py)
 
     def __init__(self, host):
         self.host = host

@@ -5,6 +5,8 @@ each adapter adapting the slices it names."""
 
 from __future__ import annotations
 
+import torch
+
 from ...core.composition import Average, BatchSplit, Parallel, Stack
 from ...errors import AdapterConfigError
 from ..base import Method
@@ -17,6 +19,7 @@ class LoRAMethod(Method):
     supported_blocks = (Stack, Parallel, BatchSplit, Average)  # AdapterHub's LoRALinear
     containers = ("loras",)
     can_merge = True
+    combine_strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
 
     def add(self, name: str, config: LoRAConfig) -> None:
         host = self.host
@@ -57,6 +60,38 @@ class LoRAMethod(Method):
 
     def merged(self) -> list[str]:
         return sorted({layer.merged for layer in self.layers.values() if layer.merged is not None})
+
+    def average(self, name: str, inputs: dict[str, float], strategy: str) -> None:
+        """``average_adapter``'s LoRA strategies at every projection (``methods/averaging.py``).
+
+        ``lora_delta_w_svd``: the updates ``sum_i w_i s_i B_i A_i`` (``s = alpha / r``), cut by an
+        SVD to the new adapter's rank ``r' = svd_rank``: ``A = V[:r']``, ``B = U[:, :r'] S[:r'] / s'``
+        with ``s' = alpha / r'``, so the new adapter adds that rank-``r'`` update. AdapterHub
+        splits the unscaled ``sum_i w_i B_i A_i`` and keeps ``alpha``, which is the same only when
+        ``svd_rank == r`` (else its update is off by ``r / svd_rank``)."""
+        config = self.host.adapters_config[name]
+        if config.composition_mode != "add" or config.use_dora or config.vera_d is not None:
+            raise AdapterConfigError(f"combine_strategy={strategy!r} averages plain LoRA adapters; "
+                                     "average IA3, DoRA and VeRA adapters with combine_strategy='linear'")
+        for layer in self.layers.values():
+            if name not in layer.loras:
+                continue
+            target, loras = layer.loras[name], [(layer.loras[n], w) for n, w in inputs.items()]
+            if strategy == "lora_linear_only_negate_b":
+                target.lora_A.copy_(sum(abs(w) * m.lora_A for m, w in loras))
+                target.lora_B.copy_(sum(w * m.lora_B for m, w in loras))
+                continue
+            if target.fused.slices is not None:
+                raise AdapterConfigError("lora_delta_w_svd cannot split the update of a fused projection (GPT-2's "
+                                         "c_attn) back into its per-slice pairs, as in AdapterHub; use 'linear'")
+            delta = sum(w * m.scaling * m.delta_w for m, w in loras)
+            rank = target.lora_A.shape[0]
+            if rank > min(delta.shape):
+                raise AdapterConfigError(f"svd_rank={rank} exceeds the largest rank {min(delta.shape)} of a "
+                                         f"{tuple(delta.shape)} update; choose svd_rank <= {min(delta.shape)}")
+            u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
+            target.lora_A.copy_(vh[:rank])
+            target.lora_B.copy_(u[:, :rank] * (s[:rank] / target.scaling))
 
 
 def _targets(places: list[str], projections: dict, fused: dict[str, tuple[str, ...]]):
