@@ -1,6 +1,10 @@
-"""LoRA's config (AdapterHub's ``LoRAConfig``, ``architecture: "lora"``) and its presets ``lora``
-and ``ia3``: (IA)^3 is AdapterHub's LoRA config with ``composition_mode="scale"``, a learned
-vector that scales a projection's output instead of a low-rank update added to it."""
+"""LoRA's config (AdapterHub's ``LoRAConfig``, ``architecture: "lora"``) and its presets ``lora``,
+``ia3``, ``dora``, ``vera`` and ``dvora``: (IA)^3 is AdapterHub's LoRA config with
+``composition_mode="scale"``, a learned vector that scales a projection's output instead of a
+low-rank update added to it; DoRA (``use_dora``) adds a learned magnitude per output row; VeRA
+(``vera_d``, ``vera_b`` set) shares frozen random A and B and trains scaling matrices. All are
+one method because AdapterHub saves them all as ``architecture: "lora"``, which the registry
+maps to one config class."""
 
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ class LoRAConfig(AdapterConfig):
     ``v``, and ``o`` where the family names one), ``intermediate_lora`` and ``output_lora`` the
     MLP projections AdapterHub calls so (the family spec says which module each is).
     ``composition_mode="add"`` adds ``alpha / r * B A x``; ``"scale"`` (IA3, ``r=1``) multiplies
-    the output by ``alpha * b``. A fresh adapter (``init_weights`` ``lora``: B = 0; ``ia3``:
-    b = 1) leaves outputs unchanged.
+    the output by ``alpha * b``. ``use_dora``: DoRA's magnitude. ``vera_d``/``vera_b``: VeRA
+    (``vera.py``). A fresh adapter (``init_weights`` ``lora``: B = 0; ``ia3``: b = 1; VeRA with
+    ``vera_b=0``; DoRA's magnitude at the weight's norms) leaves outputs unchanged.
     """
 
     selfattn_lora: bool = True
@@ -68,14 +73,31 @@ class LoRAConfig(AdapterConfig):
             )
         if self.dtype not in DTYPES:
             raise AdapterConfigError(f"unknown dtype {self.dtype!r}; use one of {', '.join(map(str, DTYPES[1:]))}")
-        for name in ("use_dora", "vera_d", "vera_b"):
-            if getattr(self, name) not in (None, False):
-                raise AdapterConfigError(f"{name}={getattr(self, name)!r} is not supported by adapterctl yet")
+        if not isinstance(self.use_dora, bool):
+            raise AdapterConfigError(f"use_dora must be true or false, got {self.use_dora!r}")
+        if (self.vera_d is None) != (self.vera_b is None):
+            raise AdapterConfigError(f"VeRA needs both vera_d and vera_b (e.g. vera_d=0.1, vera_b=0.0), got "
+                                     f"vera_d={self.vera_d!r}, vera_b={self.vera_b!r}")
+        for name in ("vera_d", "vera_b"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise AdapterConfigError(f"{name} must be a number, got {value!r}")
+        if self.composition_mode == "scale" and (self.use_dora or self.is_vera):
+            raise AdapterConfigError("DoRA and VeRA add an update (composition_mode='add'); IA3 (scale) takes neither")
+
+    @property
+    def is_vera(self) -> bool:
+        return self.vera_d is not None
 
     def placement_name(self) -> str:
-        return "ia3" if self.composition_mode == "scale" else "lora"
+        if self.composition_mode == "scale":
+            return "ia3"
+        return ("dvora" if self.use_dora else "vera") if self.is_vera else "dora" if self.use_dora else "lora"
 
 
 register_preset("lora", LoRAConfig)
 register_preset("ia3", LoRAConfig, intermediate_lora=True, r=1, alpha=1, attn_matrices=("k", "v"),
                 composition_mode="scale", init_weights="ia3")
+register_preset("dora", LoRAConfig, use_dora=True)
+register_preset("vera", LoRAConfig, r=8, vera_d=0.1, vera_b=0.0, init_weights="vera")
+register_preset("dvora", LoRAConfig, vera_d=0.1, vera_b=0.0, init_weights="vera", use_dora=True)

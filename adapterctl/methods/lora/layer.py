@@ -1,8 +1,9 @@
-"""LoRA and (IA)^3 modules, and the layer that runs them after one projection.
+"""LoRA, DoRA and (IA)^3 modules, and the layer that runs them (and VeRA's, ``vera.py``) after
+one projection.
 
 Weight names and the composition semantics are AdapterHub's (``methods/lora.py`` of
 ``adapters`` 1.3): ``<projection>.loras.<name>.lora_A`` (r x in) and ``.lora_B`` (out x r) for
-LoRA, ``.lora_B`` (out x 1) for IA3. On a fused projection (GPT-2's ``c_attn``: q | k | v side
+LoRA, plus ``.m.weight`` (out x 1) for DoRA, ``.lora_B`` (out x 1) for IA3. On a fused projection (GPT-2's ``c_attn``: q | k | v side
 by side) an adapter adapts the slices its ``attn_matrices`` name, each by its own rank-r pair as
 AdapterHub's ``LoRAMergedLinear`` does: ``lora_A`` (r * n x in), ``lora_B`` (out / 3 * n x r) for
 n slices; the math below reads them through ``up()`` / ``vector()``, which place them in the
@@ -73,33 +74,82 @@ class _Slices(nn.Module):
         return full.index_copy(0, self.rows, part)
 
 
-class LoRA(nn.Module):
-    """A low-rank update ``alpha / r * B A``; B starts at zero (``init_weights="lora"``)."""
+class LowRank(nn.Module):
+    """What LoRA and VeRA share: an update ``alpha / r * U x`` added to the projection's output,
+    dropout on its input, AdapterHub's gate, and DoRA's magnitude ``m`` (``use_dora``), which
+    rescales the whole output row-wise: ``m / ||W + U||_row * (W x + b + alpha / r * U x)``
+    (AdapterHub's form: the norm takes ``U`` unscaled and the bias is inside)."""
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
-                 slices: tuple[bool, ...] | None = None, groups: int = 1):
+    def __init__(self, config: LoRAConfig, linear: nn.Module):
         super().__init__()
-        dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.fused = _Slices(slices, out_features, groups)
-        n = self.fused.n
-        self.lora_A = nn.Parameter(torch.zeros(config.r * n, in_features, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), config.r, dtype=dtype))
         self.scaling = config.alpha / config.r
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
-        self.gate = _gate(config, in_features)
-        generator = init_generator(config.init_weights_seed)
-        with torch.no_grad():
-            if config.init_weights == "lora":
-                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
-            elif config.init_weights == "bert":
-                for p in (self.lora_A, self.lora_B):
-                    p.normal_(0.0, 0.02, generator=generator)
-            elif config.init_weights == "ia3":
-                for p in (self.lora_A, self.lora_B):
-                    p.fill_(1.0)
-            else:  # vera
-                for p in (self.lora_A, self.lora_B):
-                    nn.init.kaiming_uniform_(p, generator=generator)
+        self.gate = _gate(config, features(linear)[0])
+        self.m = magnitude(weight_of(linear), config.dtype) if config.use_dora else None
+        self._merged_scale: torch.Tensor | None = None  # DoRA's row scale while merged
+
+    @property
+    def delta_w(self) -> torch.Tensor:
+        """``U`` (out x in), unscaled."""
+        raise NotImplementedError
+
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """``U x`` without forming ``U``."""
+        raise NotImplementedError
+
+    @property
+    def plain(self) -> bool:
+        """A plain LoRA update (no gate, no DoRA): the fused single-adapter path can run it."""
+        return False
+
+    def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
+        x = layer_input if hidden is None else hidden
+        out = self.low_rank(self.dropout(x))
+        return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
+
+    def combine(self, output: torch.Tensor, hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+        return output + hidden if self.m is None else self.dora_scale(weight_of(linear)) * (output + hidden)
+
+    def dora_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.m.weight.view(-1) / torch.linalg.norm(weight + self.delta_w.to(weight.dtype), dim=1)
+
+    def merge_into(self, linear: nn.Module) -> None:
+        """``W += s U``; with DoRA ``W = c (W + s U)`` and ``b = c b`` for the row scale ``c``, so
+        the merged layer gives the unmerged outputs (AdapterHub's DoRA merge leaves the bias and
+        ignores ``s``, and its reset does not restore the weights)."""
+        weight = weight_of(linear)
+        update = self.scaling * self.delta_w.to(weight.dtype)
+        if self.m is None:
+            weight += update
+            return
+        scale = self._merged_scale = self.dora_scale(weight)
+        weight.add_(update).mul_(scale[:, None])
+        if linear.bias is not None:
+            linear.bias.mul_(scale)
+
+    def unmerge_from(self, linear: nn.Module) -> None:
+        weight = weight_of(linear)
+        update = self.scaling * self.delta_w.to(weight.dtype)
+        if self.m is not None:
+            scale, self._merged_scale = self._merged_scale, None
+            weight.div_(scale[:, None])
+            if linear.bias is not None:
+                linear.bias.div_(scale)
+        weight -= update
+
+
+class LoRA(LowRank):
+    """A low-rank update ``alpha / r * B A``; B starts at zero (``init_weights="lora"``)."""
+
+    def __init__(self, config: LoRAConfig, linear: nn.Module, slices: tuple[bool, ...] | None = None,
+                 groups: int = 1):
+        super().__init__(config, linear)
+        in_features, out_features = features(linear)
+        dtype = getattr(torch, config.dtype) if config.dtype else None
+        self.fused = _Slices(slices, out_features, groups)
+        self.lora_A = nn.Parameter(torch.zeros(config.r * self.fused.n, in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), config.r, dtype=dtype))
+        init_pair(self.lora_A, self.lora_B, config)
 
     def up(self) -> torch.Tensor:
         """B as (out, rank): on a fused projection, block-diagonal (each slice's B reads its own
@@ -112,25 +162,48 @@ class LoRA(nn.Module):
     def delta_w(self) -> torch.Tensor:
         return self.up() @ self.lora_A
 
-    def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
-        x = layer_input if hidden is None else hidden
-        out = F.linear(F.linear(self.dropout(x), self.lora_A), self.up())
-        return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.lora_A), self.up())
 
-    def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return output + hidden
+    @property
+    def plain(self) -> bool:
+        return self.gate is None and self.m is None
 
-    def merge_into(self, linear: nn.Module, sign: int) -> None:
-        weight = weight_of(linear)
-        weight += sign * self.scaling * self.delta_w.to(weight.dtype)
+def init_pair(a: torch.Tensor, b: torch.Tensor, config: LoRAConfig) -> None:
+    """AdapterHub's inits of a pair A, B: ``lora`` (A kaiming-uniform, B zero), ``bert``
+    (both N(0, 0.02)), ``ia3`` (ones), ``vera`` (both kaiming-uniform)."""
+    generator = init_generator(config.init_weights_seed)
+    with torch.no_grad():
+        if config.init_weights == "lora":
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            b.zero_()
+        elif config.init_weights == "bert":
+            for p in (a, b):
+                p.normal_(0.0, 0.02, generator=generator)
+        elif config.init_weights == "ia3":
+            for p in (a, b):
+                p.fill_(1.0)
+        else:  # vera
+            for p in (a, b):
+                nn.init.kaiming_uniform_(p, generator=generator)
+
+
+def magnitude(weight: torch.Tensor, dtype: str | None) -> nn.Linear:
+    """DoRA's magnitude (AdapterHub's ``m``, an ``nn.Linear(1, out)`` for its key ``m.weight``),
+    starting at the weight's row norms, so a fresh DoRA adapter is an identity."""
+    m = nn.Linear(1, weight.shape[0], bias=False, dtype=getattr(torch, dtype) if dtype else None)
+    with torch.no_grad():
+        m.weight.copy_(torch.linalg.norm(weight.detach(), dim=1, keepdim=True))
+    return m
 
 
 class IA3(nn.Module):
     """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one."""
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int,
-                 slices: tuple[bool, ...] | None = None, groups: int = 1):
+    def __init__(self, config: LoRAConfig, linear: nn.Module, slices: tuple[bool, ...] | None = None,
+                 groups: int = 1):
         super().__init__()
+        in_features, out_features = features(linear)
         self.fused = _Slices(slices, out_features, groups)
         self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), 1))
         self.scaling = config.alpha
@@ -153,18 +226,31 @@ class IA3(nn.Module):
         out = vector if hidden is None else hidden * vector
         return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
 
-    def combine(self, output: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def plain(self) -> bool:
+        return self.gate is None
+
+    def combine(self, output: torch.Tensor, hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
         return output * hidden
 
-    def merge_into(self, linear: nn.Module, sign: int) -> None:
+    def _factor(self, weight: torch.Tensor) -> torch.Tensor:
+        return (self.vector() * self.scaling).to(weight.dtype)
+
+    def merge_into(self, linear: nn.Module) -> None:
         """Scale the weight's rows and the bias: the whole output is scaled (AdapterHub leaves the
         bias unscaled, so its merged outputs differ from its unmerged ones)."""
         weight = weight_of(linear)
-        factor = (self.vector() * self.scaling).to(weight.dtype)
-        factor = factor if sign > 0 else 1.0 / factor
+        factor = self._factor(weight)
         weight *= factor[:, None]
         if linear.bias is not None:
             linear.bias *= factor
+
+    def unmerge_from(self, linear: nn.Module) -> None:
+        weight = weight_of(linear)
+        factor = self._factor(weight)
+        weight /= factor[:, None]
+        if linear.bias is not None:
+            linear.bias /= factor
 
 
 def _gate(config: LoRAConfig, in_features: int) -> nn.Linear | None:
@@ -178,14 +264,6 @@ def _gate(config: LoRAConfig, in_features: int) -> nn.Linear | None:
 
 def _gate_value(gate: nn.Linear, layer_input: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(gate(layer_input)).mean(dim=1).unsqueeze(-1)
-
-
-def build(config: LoRAConfig, in_features: int, out_features: int,
-          slices: tuple[bool, ...] | None = None, groups: int = 1) -> LoRA | IA3:
-    """``slices``: on a fused projection, which of its side-by-side outputs the adapter adapts
-    (``groups``: their layout, see ``_Slices``)."""
-    cls = IA3 if config.composition_mode == "scale" else LoRA
-    return cls(config, in_features, out_features, slices, groups)
 
 
 class LoRAState(NamedTuple):
@@ -219,17 +297,15 @@ class LoRALayer(ComposableLayer):
         if isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str):
             return self._single(self.loras[setup[0]], x, out)
         final = composer.compose(self, setup, LoRAState(x, None, out, None))
-        return self.loras[final.last].combine(out, final.hidden) if final.last is not None else None
+        return self.loras[final.last].combine(out, final.hidden, self.linear) if final.last is not None else None
 
-    @staticmethod
-    def _single(lora: LoRA | IA3, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _single(self, lora: LowRank | IA3, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """One adapter alone, in fewer passes over the batch than the composition: LoRA's update
         is added by the matmul that computes it (``addmm``), IA3 scales in one multiply; in place
         without autograd (``out`` is the projection's own temporary)."""
         grad = torch.is_grad_enabled()
-        if lora.gate is not None:
-            hidden = lora(None, x)
-            return lora.combine(out, hidden)
+        if not lora.plain:
+            return lora.combine(out, lora(None, x), self.linear)
         if isinstance(lora, IA3):
             factor = lora.vector() * lora.scaling
             return out * factor if grad else out.mul_(factor)
@@ -273,7 +349,7 @@ class LoRALayer(ComposableLayer):
         if lora.gate is not None:
             raise AdapterConfigError(f"{name!r} is a gated LoRA (use_gating=True): its gate depends on the input, "
                                      "so it cannot be merged into the weights")
-        lora.merge_into(self.linear, +1)
+        lora.merge_into(self.linear)
         self.merged = name
         self._handle.remove()
 
@@ -281,6 +357,6 @@ class LoRALayer(ComposableLayer):
     def reset(self) -> None:
         if self.merged is None:
             return
-        self.loras[self.merged].merge_into(self.linear, -1)
+        self.loras[self.merged].unmerge_from(self.linear)
         self.merged = None
         self._handle = attach_projection(self.linear, self.context, self.after_projection)

@@ -1,29 +1,33 @@
-"""LoRA and IA3 in a model: one ``LoRALayer`` per adapted projection, at the family spec's
-attention projections (``attn_matrices``) and AdapterHub's ``intermediate`` and ``output`` MLP
-projections. On a fused projection (GPT-2's ``c_attn``) one layer serves its keys (``q+k+v``),
-each adapter adapting the slices it names."""
+"""LoRA, IA3, DoRA and VeRA in a model: one ``LoRALayer`` per adapted projection, at the family
+spec's attention projections (``attn_matrices``) and AdapterHub's ``intermediate`` and ``output``
+MLP projections; VeRA's shared matrices once per adapter under the base model's
+``shared_parameters`` (AdapterHub's keys). On a fused projection (GPT-2's ``c_attn``) one layer
+serves its keys (``q+k+v``), each adapter adapting the slices it names."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from ...core.composition import Average, BatchSplit, Parallel, Stack
 from ...errors import AdapterConfigError
 from ..base import Method
 from .config import LoRAConfig
-from .layer import LoRALayer, build, features
+from .layer import IA3, LoRA, LoRALayer, features
+from .vera import SharedMatrices, VeRA
 
 
 class LoRAMethod(Method):
     name = "lora"
     supported_blocks = (Stack, Parallel, BatchSplit, Average)  # AdapterHub's LoRALinear
-    containers = ("loras",)
+    containers = ("loras", "shared_parameters")
     can_merge = True
     combine_strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
 
     def add(self, name: str, config: LoRAConfig) -> None:
         host = self.host
         places = self._places(config)
+        sites = []
         for stack, idx, layer in host.iter_layers():
             if idx in config.leave_out:
                 continue
@@ -31,9 +35,45 @@ class LoRAMethod(Method):
             for key, path, slices in _targets(places, spec.projections, spec.fused):
                 if (stack, idx, key) not in self.layers:
                     self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(path))
-                lora_layer = self.layers[stack, idx, key]
                 groups = getattr(host.config, spec.fused_groups) if spec.fused_groups else 1
-                lora_layer.loras[name] = host.like_model(build(config, *features(lora_layer.linear), slices, groups))
+                sites.append((self.layers[stack, idx, key], slices, groups))
+        if any(slices is not None for _, slices, _ in sites) and (config.use_dora or config.is_vera):
+            raise AdapterConfigError("DoRA and VeRA cannot adapt a fused projection (GPT-2's c_attn, GPT-NeoX's "
+                                     "query_key_value); use LoRA or IA3 there")
+        shared = self._add_shared(name, config, [site.linear for site, _, _ in sites]) if config.is_vera else None
+        for site, slices, groups in sites:
+            site.loras[name] = host.like_model(self._module(config, site.linear, shared, slices, groups))
+
+    @staticmethod
+    def _module(config: LoRAConfig, linear: nn.Module, shared: SharedMatrices | None, slices, groups: int):
+        if config.composition_mode == "scale":
+            return IA3(config, linear, slices, groups)
+        return VeRA(config, linear, shared) if shared is not None else LoRA(config, linear, slices, groups)
+
+    def _add_shared(self, name: str, config: LoRAConfig, linears: list[nn.Linear]) -> SharedMatrices:
+        """VeRA's A and B, sized for the adapter's widest projections (each takes its corner, as
+        PEFT does; AdapterHub sizes them for the first and fails on others, e.g. GQA's v)."""
+        pool = self._shared(create=True)
+        sizes = [features(linear) for linear in linears]
+        pool[name] = self.host.like_model(SharedMatrices(config, max(i for i, _ in sizes), max(o for _, o in sizes)))
+        return pool[name]
+
+    def _shared(self, create: bool = False) -> nn.ModuleDict:
+        """The base model's ``shared_parameters`` (AdapterHub's place for VeRA's matrices), made
+        by the first VeRA adapter."""
+        backbone = self.host.backbone
+        if create and not hasattr(backbone, "shared_parameters"):
+            backbone.add_module("shared_parameters", nn.ModuleDict())
+        return getattr(backbone, "shared_parameters", nn.ModuleDict())
+
+    def modules(self, name: str) -> list[nn.Module]:
+        shared = self._shared()
+        return super().modules(name) + ([shared[name]] if name in shared else [])
+
+    def delete(self, name: str) -> None:
+        super().delete(name)
+        if name in self._shared():
+            del self._shared()[name]
 
     def _places(self, config: LoRAConfig) -> list[str]:
         """The projections (keys of the family spec) the config adapts; refuses ones it lacks."""
