@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
 from ..families import base_model_of, family_of
-from ..formats import adapterhub
+from ..formats import adapterhub, peft
 from ..formats.files import assign
 from ..heads import PredictionHead, build_head
 from ..heads.language_modeling import decoder_inputs
@@ -585,10 +585,15 @@ class AdapterModel(nn.Module):
         return self._state_of([self.heads[name]], keep_vars)
 
     def save_adapter(self, directory, name: str, with_head: bool = True, overwrite: bool = False,
-                     metadata: dict | None = None) -> Path:
+                     metadata: dict | None = None, format: str = "adapterhub") -> Path:
         """Write ``adapter_config.json`` + ``adapter.safetensors`` (and the head of the same
-        name) to ``directory``, atomically; an existing folder is kept unless ``overwrite``."""
+        name) to ``directory``, atomically; an existing folder is kept unless ``overwrite``.
+        ``format="peft"``: a PEFT folder (LoRA, IA3; no head), ``formats/peft.py``."""
         self._require_adapter(name)
+        if format == "peft":
+            return peft.save(self, directory, name, overwrite)
+        if format != "adapterhub":
+            raise AdapterConfigError(f"unknown adapter format {format!r}; use 'adapterhub' or 'peft'")
         env = adapterhub.envelope(self._backbone_info(), name, self.adapters_config[name].to_file_dict())
         if metadata:
             env["adapterctl"] = metadata
@@ -621,6 +626,8 @@ class AdapterModel(nn.Module):
         identifier; returns its name. ``labels``: the label names the task expects; a head whose
         labels differ is refused."""
         path = self._resolve(source)
+        if peft.is_peft_folder(path):
+            return peft.load(self, path, load_as, set_active, overwrite_ok)
         env, tensors = adapterhub.read_adapter(path)
         adapterhub.check_backbone(self._backbone_info(), env, path)
         config = load_config(env.get("config", env))
