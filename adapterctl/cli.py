@@ -19,7 +19,7 @@ commands:
   evaluate   score a run (run=<folder>) or an adapter (adapter=<folder> task=<task>)
   predict    labels and scores for texts (text=...) or a file (file=...)
   generate   text from a decoder with an adapter, streamed (adapter=<folder> prompt="...")
-  export     pack a run's adapter with its Hub card (run=<folder>)
+  export     pack a run's adapter with its Hub card (run=<folder>); merge=true: a merged checkpoint
   fuse       train an AdapterFusion over adapters (adapters=[a,b,c] task=<task>)
   recipes    list the whole-run recipes in recipes/
   hub        search, pull and push adapters (adapterctl hub --help)
