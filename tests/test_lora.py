@@ -2,6 +2,7 @@
 and every composition block they support against references computed by hand."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,18 +30,25 @@ def test_parameter_counts_follow_adapterhub():
 
 def test_weight_names_and_saved_config_are_adapterhubs(tmp_path):
     model = tiny_model()
-    model.add_adapter("l", "lora")
-    model.add_adapter("i", "ia3")
+    for name in ("lora", "ia3", "dora", "vera"):
+        model.add_adapter(name, name)
     keys = set(model.state_dict())
-    assert {"bert.encoder.layer.1.attention.self.query.loras.l.lora_A",
-            "bert.encoder.layer.1.attention.self.value.loras.l.lora_B",
-            "bert.encoder.layer.0.attention.self.key.loras.i.lora_B",
-            "bert.encoder.layer.0.intermediate.dense.loras.i.lora_B"} <= keys
-    assert "bert.encoder.layer.0.attention.self.key.loras.i.lora_A" not in keys  # IA3 is a vector
-    model.save_adapter(tmp_path / "i", "i")
-    config = json.loads((tmp_path / "i" / "adapter_config.json").read_text())["config"]
-    assert config["architecture"] == "lora" and config["composition_mode"] == "scale"
-    assert config["attn_matrices"] == ["k", "v"] and config["intermediate_lora"] and config["r"] == 1
+    assert {"bert.encoder.layer.1.attention.self.query.loras.lora.lora_A",
+            "bert.encoder.layer.1.attention.self.value.loras.lora.lora_B",
+            "bert.encoder.layer.0.attention.self.key.loras.ia3.lora_B",
+            "bert.encoder.layer.0.intermediate.dense.loras.ia3.lora_B",
+            "bert.encoder.layer.0.attention.self.query.loras.dora.m.weight",
+            "bert.encoder.layer.1.attention.self.value.loras.vera.vera_D",
+            "bert.encoder.layer.1.attention.self.value.loras.vera.vera_B",
+            "bert.shared_parameters.vera.lora_A", "bert.shared_parameters.vera.lora_B"} <= keys
+    assert "bert.encoder.layer.0.attention.self.key.loras.ia3.lora_A" not in keys  # IA3 is a vector
+    assert "bert.encoder.layer.0.attention.self.query.loras.vera.lora_A" not in keys  # VeRA's A is shared
+    theirs = json.loads((Path(__file__).parent / "fixtures" / "adapterhub_methods" / "configs.json").read_text())
+    for name in ("lora", "ia3", "dora", "vera"):
+        model.save_adapter(tmp_path / name, name)
+        assert json.loads((tmp_path / name / "adapter_config.json").read_text())["config"] == theirs[name]["config"]
+    model.delete_adapter("vera")
+    assert not any("shared_parameters" in k for k in model.state_dict())
 
 
 @pytest.mark.parametrize("make", [tiny_model, tiny_llama], ids=["bert", "llama"])
