@@ -34,8 +34,9 @@ def main(argv: list[str]) -> int:
     merge = options.pop("merge", "false").lower()
     if merge not in ("true", "false"):
         raise AdapterConfigError(f"merge={merge!r}: use merge=true or merge=false")
-    if merge == "true" and set(options) - {"out"}:
-        raise AdapterConfigError(f"merge=true writes a checkpoint without a Hub card; drop {', '.join(sorted(set(options) - {'out'}))}")
+    card_fields = sorted(set(options) - {"out"})
+    if merge == "true" and card_fields:
+        raise AdapterConfigError(f"merge=true writes a checkpoint without a Hub card; drop {', '.join(card_fields)}")
     out = Path(options.pop("out")) if "out" in options else folders.new_folder("export", None)
     try:
         if merge == "true":

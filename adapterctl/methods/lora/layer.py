@@ -3,14 +3,15 @@ one projection.
 
 Weight names and the composition semantics are AdapterHub's (``methods/lora.py`` of
 ``adapters`` 1.3): ``<projection>.loras.<name>.lora_A`` (r x in) and ``.lora_B`` (out x r) for
-LoRA, plus ``.m.weight`` (out x 1) for DoRA, ``.lora_B`` (out x 1) for IA3. On a fused projection (GPT-2's ``c_attn``: q | k | v side
-by side) an adapter adapts the slices its ``attn_matrices`` name, each by its own rank-r pair as
-AdapterHub's ``LoRAMergedLinear`` does: ``lora_A`` (r * n x in), ``lora_B`` (out / 3 * n x r) for
-n slices; the math below reads them through ``up()`` / ``vector()``, which place them in the
-projection's columns. Through a composition flows ``hidden``: the first adapter
-reads the projection's input ``x`` (LoRA: ``alpha / r * B A x``; IA3: ``alpha * b``), a stacked
-one reads the previous one's ``hidden``, and at the end the last adapter combines it with the
-projection's output (add, or multiply for IA3).
+LoRA, plus ``.m.weight`` (out x 1) for DoRA, ``.lora_B`` (out x 1) for IA3. On a fused
+projection (GPT-2's ``c_attn``: q | k | v side by side) an adapter adapts the slices its
+``attn_matrices`` name, each by its own rank-r pair as AdapterHub's ``LoRAMergedLinear`` does:
+``lora_A`` (r * n x in), ``lora_B`` (out / 3 * n x r) for n slices; the math below reads them
+through ``up()`` / ``vector()``, which place them in the projection's columns. Through a
+composition flows ``hidden``: the first adapter reads the projection's input ``x`` (LoRA:
+``alpha / r * B A x``; IA3: ``alpha * b``), a stacked one reads the previous one's ``hidden``,
+and at the end the last adapter combines it with the projection's output (add, or multiply for
+IA3).
 """
 
 from __future__ import annotations
