@@ -95,11 +95,17 @@ def _split(key: str, suffixes: dict[str, str], path: Path) -> tuple[str, str]:
 
 
 def _places(model) -> dict[str, tuple]:
-    """Backbone-relative module path -> (stack, layer, projection key) for every projection."""
+    """Backbone-relative module path -> (stack, layer, projection key) for every projection but
+    fused ones (GPT-2's ``c_attn``: PEFT adapts it whole, we per slice)."""
     paths = {id(m): n for n, m in model.backbone.named_modules()}
-    return {paths[id(layer.get_submodule(rel))]: (stack, idx, key)
-            for stack, idx, layer in model.iter_layers()
-            for key, rel in model.family.stacks[stack].projections.items()}
+    places = {}
+    for stack, idx, layer in model.iter_layers():
+        spec = model.family.stacks[stack]
+        for key, rels in spec.projections.items():
+            for rel in (rels,) if isinstance(rels, str) else rels:
+                if rel not in spec.fused:
+                    places[paths[id(layer.get_submodule(rel))]] = (stack, idx, key)
+    return places
 
 
 def _backbone_path(model, module: str) -> str:
