@@ -40,7 +40,10 @@ UNSUPPORTED = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora
 def is_peft_folder(path: Path) -> bool:
     """A folder PEFT wrote: its ``adapter_config.json`` names a ``peft_type``."""
     config = Path(path) / CONFIG
-    return config.is_file() and "peft_type" in read_json(config)
+    try:
+        return config.is_file() and "peft_type" in read_json(config)
+    except CorruptFileError:
+        return False  # not JSON: the AdapterHub reader reports it
 
 
 def load(model, path: Path, load_as: str | None = None, set_active: bool = False, overwrite_ok: bool = False) -> str:
