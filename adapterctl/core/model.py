@@ -232,6 +232,15 @@ class AdapterModel(nn.Module):
             )
         method.merge(name)
 
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Turn a trained prefix-tuning adapter's MLP into the flat prefix it computes: the same
+        outputs, less to run and to save; its config becomes ``flat=True``."""
+        self._require_adapter(name)
+        method = self._method_of(name)
+        if not hasattr(method, "eject"):
+            raise AdapterConfigError(f"{name!r} is a {method.name} adapter; eject_prefix_tuning needs a prefix_tuning one")
+        method.eject(name)
+
     def reset_adapter(self) -> None:
         """Undo ``merge_adapter``."""
         for method in self._methods.values():
@@ -657,8 +666,9 @@ class AdapterModel(nn.Module):
         self.add_adapter(name, config, overwrite_ok=overwrite_ok)
         try:
             expected = self._state_of(self.adapter_modules(name), keep_vars=True)
-            containers = self._method_of(name).containers
-            assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name, containers),
+            method = self._method_of(name)
+            tensors = method.file_tensors(tensors)
+            assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name, method.containers),
                    expected, path)
             if head is not None:
                 self._load_head_as(name, *head, old, path, overwrite_ok)

@@ -100,6 +100,10 @@ class Method:
         return [layer.adapter_modules[name] for _, layer in sorted(self.layers.items())
                 if name in layer.adapter_modules]
 
+    def file_tensors(self, tensors: dict) -> dict:
+        """The tensors of a saved file that hold this method's weights (a file may repeat some)."""
+        return tensors
+
     def merge(self, name: str) -> None:
         """Fold the adapter into the backbone's weights (methods with ``can_merge``)."""
         raise NotImplementedError
