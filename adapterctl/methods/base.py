@@ -11,6 +11,7 @@ composition block over the layer's operations, so a method writes those, not the
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from ..core.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from ..core.context import AdapterContext, ForwardState
+from ..errors import AdapterConfigError
 
 ALL_BLOCKS = (Stack, Fuse, Split, Parallel, BatchSplit, Average)
 
@@ -26,6 +28,28 @@ def init_generator(seed: int | None) -> torch.Generator | None:
     """The generator for a config's ``init_weights_seed`` (AdapterHub's field): with a seed, every
     module of the adapter starts from the same draw; without, from torch's global state."""
     return torch.Generator().manual_seed(seed) if seed is not None else None
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None):
+    """``init_weights_seed`` for modules that draw their own init (``nn.Linear``, ``nn.Embedding``):
+    built inside, they start from that seed; torch's global random state is left as it was."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def one_adapter(setup, adapters, method: str) -> str | None:
+    """The one adapter of ``adapters`` that ``setup`` runs, for methods that take one per pass
+    (prompt tuning, ReFT: AdapterHub runs one too), or ``None``."""
+    names = [n for n in setup.flatten() if n in adapters] if setup is not None else []
+    if len(names) > 1:
+        raise AdapterConfigError(f"{setup!r} runs {len(names)} {method} adapters ({', '.join(names)}); "
+                                 f"a pass takes one {method} adapter")
+    return names[0] if names else None
 
 
 class ComposableLayer(nn.Module):

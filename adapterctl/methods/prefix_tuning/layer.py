@@ -16,7 +16,6 @@ its prefix in front (``Stack(a, b)``: b's, then a's, then the sequence's), and a
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
@@ -25,22 +24,10 @@ import torch.nn.functional as F
 
 from ...core import composer
 from ...core.activation import Activation
-from ..base import ComposableLayer
+from ..base import ComposableLayer, seeded
 from .config import PrefixTuningConfig
 
 LOCATION = "self_prefix"  # encoders' and decoders' self-attention; encoder-decoders would add encoder_ and cross_
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    """AdapterHub's ``init_weights_seed``: modules built inside start from that seed (the global
-    random state is left as it was)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class _Prefix(nn.Module):
@@ -65,7 +52,7 @@ class PrefixTuning(_Prefix):
 
     def __init__(self, config: PrefixTuningConfig, n_layers: int, n_heads: int, head_dim: int, hidden_size: int):
         super().__init__(config, n_layers, n_heads, head_dim)
-        with _seeded(config.init_weights_seed):
+        with seeded(config.init_weights_seed):
             self.wte = nn.Embedding(config.prefix_length, hidden_size)
             self.control_trans = nn.Sequential(
                 nn.Linear(hidden_size, config.bottleneck_size),
@@ -84,7 +71,7 @@ class FlatPrefixTuning(_Prefix):
                  values: torch.Tensor | None = None):
         super().__init__(config, n_layers, n_heads, head_dim)
         if values is None:
-            with _seeded(config.init_weights_seed):
+            with seeded(config.init_weights_seed):
                 values = torch.randn(config.prefix_length * n_layers * 2 * n_heads * head_dim)
         self.control_trans = nn.Parameter(values)
 

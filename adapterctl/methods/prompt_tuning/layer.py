@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ..base import seeded
 from .config import PromptTuningConfig
 
 RANDOM_UNIFORM_SCALE = 0.5  # AdapterHub's (a class attribute, never saved)
@@ -22,9 +23,7 @@ class PromptTuning(nn.Module):
         super().__init__()
         self.combine = config.combine
         self.prompt_embedding = nn.Embedding(config.prompt_length, embedding_size)
-        with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=config.init_weights_seed is not None):
-            if config.init_weights_seed is not None:
-                torch.manual_seed(config.init_weights_seed)
+        with torch.no_grad(), seeded(config.init_weights_seed):
             if config.prompt_init == "random_uniform":
                 self.prompt_embedding.weight.uniform_(-RANDOM_UNIFORM_SCALE, RANDOM_UNIFORM_SCALE)
             else:

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ...core.composition import Stack
 from ...errors import AdapterConfigError
-from ..base import Method
+from ..base import Method, one_adapter
 from .config import PromptTuningConfig
 from .layer import PromptTuning, repeat_to
 
@@ -73,12 +73,8 @@ class PromptTuningMethod(Method):
 
     def _prompt(self) -> PromptTuning | None:
         """The running setup's prompt, if any."""
-        setup = self.host.context.state.setup
-        names = [n for n in setup.flatten() if n in self.prompt_tunings] if setup is not None else []
-        if len(names) > 1:
-            raise AdapterConfigError(f"{setup!r} runs {len(names)} prompt-tuning adapters ({', '.join(names)}); "
-                                     "a pass takes one prompt")
-        return self.prompt_tunings[names[0]] if names else None
+        name = one_adapter(self.host.context.state.setup, self.prompt_tunings, "prompt-tuning")
+        return self.prompt_tunings[name] if name is not None else None
 
     def _before_pass(self, backbone, args, kwargs):
         prompt = self._prompt()

@@ -1,0 +1,68 @@
+"""ReFT in a model: a ``ReftLayer`` on each transformer layer (AdapterHub's ``reft_layer``)
+whose forward hook intervenes on the layer's output, and a backbone pre-hook that reads where
+each row's real tokens are from the attention mask (left or right padding). As in AdapterHub,
+one ReFT adapter runs per pass (Stack with other methods)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ...core.composition import Stack
+from ..base import ComposableLayer, Method, one_adapter
+from .config import ReftConfig
+from .layer import Reft
+
+SPAN = "reft"  # the stash key of this pass's (first real token, end of real tokens, sequence length)
+
+
+class ReftLayer(ComposableLayer):
+    container = "refts"
+
+    def __init__(self, layer_idx: int, context, layer: nn.Module):
+        super().__init__(layer_idx, context)
+        layer.add_module("reft_layer", self)
+        layer.register_forward_hook(self._after_layer)
+
+    def _after_layer(self, layer, args, out):
+        state = self.context.state
+        name = one_adapter(self.active_setup(state), self.refts, "ReFT")
+        if name is None:
+            return None
+        hidden = out[0] if isinstance(out, tuple) else out
+        first, end, total = state.stash.get(SPAN) or _span(None, hidden)
+        hidden = self.refts[name](hidden, first, end, total - hidden.shape[1])
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+def _span(mask: torch.Tensor | None, hidden: torch.Tensor):
+    """Each row's first real token and the end of its real tokens, and the sequence's length."""
+    if mask is None:
+        rows, length = hidden.shape[:2]
+        return (torch.zeros(rows, dtype=torch.long, device=hidden.device),
+                torch.full((rows,), length, dtype=torch.long, device=hidden.device), length)
+    first = mask.argmax(dim=1)
+    return first, first + (mask == 1).sum(dim=1), mask.shape[1]
+
+
+class ReftMethod(Method):
+    name = "reft"
+    supported_blocks = (Stack,)
+    containers = ("refts",)
+
+    def add(self, name: str, config: ReftConfig) -> None:
+        host = self.host
+        if not self.layers:
+            host.backbone.register_forward_pre_hook(self._before_pass, with_kwargs=True)
+        for stack, idx, layer in host.iter_layers():
+            if config.layers != "all" and idx not in config.layers:
+                continue
+            if (stack, idx, "output") not in self.layers:
+                self.layers[stack, idx, "output"] = ReftLayer(idx, host.context, layer)
+            self.layers[stack, idx, "output"].refts[name] = host.like_model(Reft(config, host.hidden_size))
+
+    def _before_pass(self, backbone, args, kwargs):
+        state = self.host.context.state
+        mask = kwargs.get("attention_mask")
+        if state.setup is not None and mask is not None and mask.dim() == 2:
+            state.stash[SPAN] = _span(mask, None)
