@@ -1,7 +1,6 @@
 """Prompt tuning: AdapterHub's outputs and files on a tiny BERT, the mask grown with the prompt,
 both ways of combining, the from_string init on the real MiniLM, freezing, counts and errors."""
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,9 @@ from transformers import AutoModel, BertConfig
 
 from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from conftest import batch, tiny_llama, tiny_model
+from test_prefix_tuning import close, run  # the same helpers
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
-
-
-def close(a, b, tol=1e-5):
-    assert a.shape == b.shape
-    diff = (a - b).abs().max().item()
-    assert diff <= tol, diff
-
-
-def run(model, inputs, setup=None):
-    with torch.no_grad(), model.adapter_setup(setup) if setup is not None else contextlib.nullcontext():
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])

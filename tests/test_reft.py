@@ -2,7 +2,6 @@
 acts on (left and right padding, prefix and suffix, tied units), cached generation on a tiny
 Llama, freezing, counts and errors."""
 
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,9 @@ from safetensors.torch import load_file
 
 from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from conftest import batch, perturb, tiny_llama, tiny_model
+from test_prefix_tuning import close, run  # the same helpers
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
-
-
-def close(a, b, tol=1e-5):
-    assert a.shape == b.shape
-    diff = (a - b).abs().max().item()
-    assert diff <= tol, diff
-
-
-def run(model, inputs, setup=None):
-    with torch.no_grad(), model.adapter_setup(setup) if setup is not None else contextlib.nullcontext():
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
 
 
 def test_their_loreft_noreft_and_direft_give_their_outputs():
