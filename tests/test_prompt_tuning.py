@@ -103,10 +103,35 @@ def test_parameter_count_on_bert_base_as_adapterhub_counts_it():
     assert model.adapter_summary(as_dict=True)[0]["params"] == 7_680
 
 
-def test_bad_prompt_configs_and_decoders_are_one_line_errors():
+def test_bad_prompt_configs_are_one_line_errors():
     with pytest.raises(AdapterConfigError, match="prompt_init='from_string' needs prompt_init_text"):
         tiny_model().add_adapter("p", "prompt_tuning", prompt_init="from_string")
     with pytest.raises(AdapterConfigError, match="unknown combine 'suffix'"):
         tiny_model().add_adapter("p", "prompt_tuning", combine="suffix")
-    with pytest.raises(AdapterConfigError, match="prompt tuning runs on encoders.*use prefix_tuning"):
-        tiny_llama().add_adapter("p", "prompt_tuning")
+
+
+def test_on_a_decoder_cached_steps_equal_the_full_forward_and_generation_with_and_without_a_cache():
+    """The prompt enters the first pass and then lives in the KV cache; RoPE's positions count it;
+    outputs have the sequence's positions only (AdapterHub offers no prompt tuning on decoders)."""
+    model = tiny_llama(causal_lm=True)
+    model.add_adapter("p", "prompt_tuning", prompt_length=4, combine="prefix_after_bos", set_active=True)
+    lm = model._causal_lm("default")
+    ids = batch(rows=2, length=9)["input_ids"]
+    with torch.no_grad():
+        full = lm(ids).logits
+        out = lm(ids[:, :5], use_cache=True)
+        steps, cache = [out.logits], out.past_key_values
+        for i in range(5, ids.shape[1]):
+            out = lm(ids[:, i:i + 1], cache=cache, use_cache=True)
+            steps.append(out.logits)
+            cache = out.past_key_values
+        prompt = {k: v.flip(1) for k, v in batch(rows=2, length=6).items()}  # left padding
+        tokens = [model.generate(**prompt, max_new_tokens=5, do_sample=False, use_cache=c, pad_token_id=1)
+                  for c in (True, False)]
+        with model.adapter_setup(None):
+            bare = model(input_ids=ids).logits
+    assert full.shape == (2, 9, 99)
+    close(torch.cat(steps, dim=1), full)
+    assert cache.get_seq_length() == 9 + 4  # the cache holds the prompt
+    assert torch.equal(tokens[0], tokens[1])
+    assert (full - bare).abs().max() > 1e-3

@@ -30,17 +30,31 @@ class PromptTuning(nn.Module):
                 self.prompt_embedding.weight.copy_(token_embeddings(config.prompt_length))
 
     def forward(self, embedded: torch.Tensor) -> torch.Tensor:
-        prompt = self.prompt_embedding.weight.to(embedded.dtype).expand(embedded.shape[0], -1, -1)
+        return self._insert(embedded, self.prompt_embedding.weight.to(embedded.dtype).expand(embedded.shape[0], -1, -1))
+
+    def __len__(self) -> int:
+        return self.prompt_embedding.num_embeddings
+
+    def _insert(self, sequence: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         if self.combine == "prefix":
-            return torch.cat([prompt, embedded], dim=1)
-        return torch.cat([embedded[:, :1], prompt, embedded[:, 1:]], dim=1)
+            return torch.cat([prompt, sequence], dim=1)
+        return torch.cat([sequence[:, :1], prompt, sequence[:, 1:]], dim=1)
 
     def extend_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The 2-D attention mask with the prompt's positions visible."""
-        ones = mask.new_ones((mask.shape[0], self.prompt_embedding.num_embeddings))
-        if self.combine == "prefix":
-            return torch.cat([ones, mask], dim=1)
-        return torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
+        return self._insert(mask, mask.new_ones((mask.shape[0], len(self))))
+
+    def extend_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """A decoder's position ids with the prompt's: the sequence's after it move on by its length."""
+        at = 0 if self.combine == "prefix" else 1
+        start = positions[:, :1] if at else torch.zeros_like(positions[:, :1])
+        prompt = start + at + torch.arange(len(self), device=positions.device)
+        return self._insert(torch.cat([positions[:, :at], positions[:, at:] + len(self)], dim=1), prompt)
+
+    def remove(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The sequence's positions of ``hidden`` (a decoder's output), the prompt's dropped."""
+        at = 0 if self.combine == "prefix" else 1
+        return torch.cat([hidden[:, :at], hidden[:, at + len(self):]], dim=1)
 
 
 def repeat_to(ids: list[int], length: int) -> list[int]:

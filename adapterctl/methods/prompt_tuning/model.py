@@ -3,10 +3,12 @@
 setup's prompt, and a pre-hook on the backbone that grows the 2-D attention mask to match
 (transformers builds its attention masks from it after the embeddings).
 
-As in AdapterHub, one prompt runs per pass: the setup's prompt-tuning adapter (a setup may hold
-one), with adapters of other methods stacked beside it; and only encoders take prompts
-(AdapterHub's ``support_prompt_tuning``): a decoder's KV cache and positions would need the
-prompt's positions accounted for at every generation step.
+Encoders keep AdapterHub's shape: hidden states are ``prompt_length`` positions longer, and a
+classification head reads position 0, the first prompt vector. Decoders (which AdapterHub does
+not offer prompt tuning on) keep the sequence's shape: the prompt is inserted on the first pass
+of a generation only (later passes find it in the KV cache), the positions of RoPE count it,
+and the backbone's output drops its positions, so heads, losses and ``generate`` see the
+sequence alone. As in AdapterHub, one prompt runs per pass (Stack with other methods).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ...errors import AdapterConfigError
 from ..base import Method, one_adapter
 from .config import PromptTuningConfig
 from .layer import PromptTuning, repeat_to
+
+INSERTING = "prompt_tuning.inserting"  # the stash key: whether this pass inserts the prompt (else it is cached)
 
 
 class PromptTuningMethod(Method):
@@ -33,9 +37,6 @@ class PromptTuningMethod(Method):
 
     def add(self, name: str, config: PromptTuningConfig) -> None:
         host = self.host
-        if host.family.kind != "encoder":
-            raise AdapterConfigError(f"prompt tuning runs on encoders (BERT, RoBERTa, ...), as in AdapterHub; this is a "
-                                     f"{host.config.model_type} {host.family.kind}: use prefix_tuning there")
         embedding_size = getattr(host.config, "embedding_size", None) or host.hidden_size
         self._hook()
         prompt = PromptTuning(config, embedding_size, self._token_embeddings(config))
@@ -69,22 +70,45 @@ class PromptTuningMethod(Method):
         backbone.prompt_tuning.add_module("prompt_tunings", self.prompt_tunings)
         backbone.register_forward_pre_hook(self._before_pass, with_kwargs=True)
         backbone.get_submodule(self.host.family.embeddings).register_forward_hook(self._after_embeddings)
+        if self.host.family.kind == "decoder":
+            backbone.register_forward_hook(self._after_pass)
         self._hooked = True
 
     def _prompt(self) -> PromptTuning | None:
-        """The running setup's prompt, if any."""
-        name = one_adapter(self.host.context.state.setup, self.prompt_tunings, "prompt-tuning")
+        """The running setup's prompt, if this pass inserts or has inserted one."""
+        state = self.host.context.state
+        name = one_adapter(state.setup, self.prompt_tunings, "prompt-tuning")
         return self.prompt_tunings[name] if name is not None else None
 
     def _before_pass(self, backbone, args, kwargs):
         prompt = self._prompt()
-        if prompt is None or kwargs.get("attention_mask") is None:
+        if prompt is None:
             return None
-        return args, {**kwargs, "attention_mask": prompt.extend_mask(kwargs["attention_mask"])}
+        changes = {}
+        if kwargs.get("attention_mask") is not None:
+            changes["attention_mask"] = prompt.extend_mask(kwargs["attention_mask"])
+        if self.host.family.kind == "decoder":
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            inserting = cache is None or cache.get_seq_length() == 0
+            self.host.context.state.stash[INSERTING] = inserting
+            if kwargs.get("position_ids") is not None:  # RoPE's positions count the prompt
+                positions = kwargs["position_ids"]
+                changes["position_ids"] = prompt.extend_positions(positions) if inserting else positions + len(prompt)
+        return args, {**kwargs, **changes}
 
     def _after_embeddings(self, embeddings, args, out):
         prompt = self._prompt()
-        return prompt(out) if prompt is not None else None
+        if prompt is None or not self.host.context.state.stash.get(INSERTING, True):
+            return None
+        return prompt(out)
+
+    def _after_pass(self, backbone, args, out):
+        """A decoder's output without the prompt's positions."""
+        prompt = self._prompt()
+        if prompt is None or not self.host.context.state.stash.get(INSERTING, True):
+            return None
+        out["last_hidden_state"] = prompt.remove(out["last_hidden_state"])
+        return out
 
     def delete(self, name: str) -> None:
         if name in self.prompt_tunings:
