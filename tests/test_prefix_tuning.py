@@ -146,20 +146,27 @@ def test_llama_prefix_of_adapterhub_loads_and_generates_the_same_with_and_withou
     assert not torch.equal(tokens[True], ref["generate.base.nocache"])  # the prefix acts in generation
 
 
-def test_a_cached_step_by_step_forward_equals_the_full_forward():
-    model = with_prefixes(tiny_llama(causal_lm=True), "p")
-    model.set_active_adapters("p")
-    lm = model._causal_lm("default")
-    ids = batch(rows=2, length=9)["input_ids"]
+def stepwise(model, ids, first: int = 5):
+    """Logits of ``ids`` in one pass without a cache, and in ``first`` tokens then one token per
+    pass with a KV cache (the active causal_lm head); and the cache."""
+    lm = model._causal_lm(model.active_head)
     with torch.no_grad():
         full = lm(ids).logits
-        out = lm(ids[:, :5], use_cache=True)
+        out = lm(ids[:, :first], use_cache=True)
         steps, cache = [out.logits], out.past_key_values
-        for i in range(5, ids.shape[1]):
+        for i in range(first, ids.shape[1]):
             out = lm(ids[:, i:i + 1], cache=cache, use_cache=True)
             steps.append(out.logits)
             cache = out.past_key_values
-    close(torch.cat(steps, dim=1), full)
+    return full, torch.cat(steps, dim=1), cache
+
+
+def test_a_cached_step_by_step_forward_equals_the_full_forward():
+    model = with_prefixes(tiny_llama(causal_lm=True), "p")
+    model.set_active_adapters("p")
+    ids = batch(rows=2, length=9)["input_ids"]
+    full, steps, cache = stepwise(model, ids)
+    close(steps, full)
     assert cache.get_seq_length() == ids.shape[1]  # the cache holds the sequence only, never a prefix
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModel, BertConfig
 
 from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from conftest import batch, tiny_llama, tiny_model
-from test_prefix_tuning import close, run  # the same helpers
+from test_prefix_tuning import close, run, stepwise  # the same helpers
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
 
@@ -115,23 +115,16 @@ def test_on_a_decoder_cached_steps_equal_the_full_forward_and_generation_with_an
     outputs have the sequence's positions only (AdapterHub offers no prompt tuning on decoders)."""
     model = tiny_llama(causal_lm=True)
     model.add_adapter("p", "prompt_tuning", prompt_length=4, combine="prefix_after_bos", set_active=True)
-    lm = model._causal_lm("default")
     ids = batch(rows=2, length=9)["input_ids"]
+    full, steps, cache = stepwise(model, ids)
     with torch.no_grad():
-        full = lm(ids).logits
-        out = lm(ids[:, :5], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
-        for i in range(5, ids.shape[1]):
-            out = lm(ids[:, i:i + 1], cache=cache, use_cache=True)
-            steps.append(out.logits)
-            cache = out.past_key_values
         prompt = {k: v.flip(1) for k, v in batch(rows=2, length=6).items()}  # left padding
         tokens = [model.generate(**prompt, max_new_tokens=5, do_sample=False, use_cache=c, pad_token_id=1)
                   for c in (True, False)]
         with model.adapter_setup(None):
             bare = model(input_ids=ids).logits
     assert full.shape == (2, 9, 99)
-    close(torch.cat(steps, dim=1), full)
+    close(steps, full)
     assert cache.get_seq_length() == 9 + 4  # the cache holds the prompt
     assert torch.equal(tokens[0], tokens[1])
     assert (full - bare).abs().max() > 1e-3
