@@ -15,6 +15,8 @@ _EXPORTS = {
     "AdapterModel": ".core.model",
     "load_config": ".core.config", "config_hash": ".core.config", "register_method": ".core.registry",
     "BnConfig": ".methods.bottleneck.config", "ConfigUnion": ".methods.union.config",
+    "PrefixTuningConfig": ".methods.prefix_tuning.config", "PromptTuningConfig": ".methods.prompt_tuning.config",
+    "ReftConfig": ".methods.reft.config",
     "Stack": ".core.composition", "Fuse": ".core.composition", "Split": ".core.composition",
     "BatchSplit": ".core.composition", "Parallel": ".core.composition", "Average": ".core.composition",
     "AdapterError": ".errors", "AdapterConfigError": ".errors", "AdapterNotFoundError": ".errors",
