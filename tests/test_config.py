@@ -50,7 +50,7 @@ def test_per_layer_reduction_factor():
         ("pfeiffer[non_linearity='relux']", "unknown non_linearity 'relux'"),
         ("pfeiffer[init_weights='xavier']", "unknown init_weights 'xavier'"),
         ({"mh_adapter": True}, "lacks output_adapter, reduction_factor, non_linearity"),
-        ({"architecture": "prefix_tuning"}, "architecture 'prefix_tuning' is not supported; adapterctl supports"),
+        ({"architecture": "mtl_lora"}, "architecture 'mtl_lora' is not supported; adapterctl supports"),
         ("lora[r=0]", "r must be an integer >= 1"),
         ("ia3[r=2]", "needs r=1 and dropout=0.0"),
         ({"architecture": "lora", "rank": 4}, "unknown adapter config field.s. rank for lora"),
