@@ -255,3 +255,26 @@ def test_bad_prefix_configs_are_one_line_errors():
     with pytest.raises(AdapterConfigError, match="'l' is a lora adapter; eject_prefix_tuning needs"):
         model.eject_prefix_tuning("l")
     assert model.config._attn_implementation == "sdpa"  # the failed add left nothing behind
+
+
+def test_gpt2_takes_prefixes_and_refts_with_a_kv_cache_and_encoder_decoders_refuse_them():
+    from transformers import AutoModelForCausalLM, GPT2Config, T5Config
+
+    torch.manual_seed(0)
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=99, n_positions=64))
+    model = AdapterModel(gpt2.eval()).eval()
+    ids = batch(rows=2, length=6)["input_ids"]
+    for name, config in (("p", SMALL), ("r", "noreft[dropout=0.0]")):
+        model.add_adapter(name, config, set_active=True)
+        perturb(model, f".{name}.", std=0.5)
+        with torch.no_grad():
+            tokens = [model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=c, pad_token_id=1)
+                      for c in (True, False)]
+        assert torch.equal(tokens[0], tokens[1]), name
+    with pytest.raises(AdapterConfigError, match="prompt tuning is not supported on gpt2 models"):
+        model.add_adapter("q", "prompt_tuning")
+    t5 = AdapterModel(AutoModel.from_config(T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=37, d_kv=8,
+                                                     vocab_size=99)))
+    for config in ("prefix_tuning", "loreft", "prompt_tuning"):
+        with pytest.raises(AdapterConfigError, match="not supported on .*t5"):
+            t5.add_adapter("x", config)

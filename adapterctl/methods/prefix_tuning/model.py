@@ -27,6 +27,9 @@ class PrefixTuningMethod(Method):
         return backbone.prefix_tuning
 
     def add(self, name: str, config: PrefixTuningConfig) -> None:
+        if self.host.family.kind == "encoder-decoder":
+            raise AdapterConfigError(f"prefix tuning is not supported on encoder-decoder models "
+                                     f"({self.host.config.model_type}) yet; use it on an encoder or a decoder")
         host, model_config = self.host, self.host.config
         heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
         head_dim = getattr(model_config, "head_dim", None) or host.hidden_size // model_config.num_attention_heads

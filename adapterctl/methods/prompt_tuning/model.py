@@ -37,6 +37,11 @@ class PromptTuningMethod(Method):
 
     def add(self, name: str, config: PromptTuningConfig) -> None:
         host = self.host
+        if host.family.kind == "encoder-decoder" or (
+                host.family.kind == "decoder"
+                and host.backbone.get_submodule(host.family.embeddings) is not host.backbone.get_input_embeddings()):
+            raise AdapterConfigError(f"prompt tuning is not supported on {host.config.model_type} models (adapterctl "
+                                     "inserts prompts on encoders and Llama-like decoders); use prefix_tuning")
         embedding_size = getattr(host.config, "embedding_size", None) or host.hidden_size
         self._hook()
         prompt = PromptTuning(config, embedding_size, self._token_embeddings(config))

@@ -9,11 +9,13 @@ import torch
 import torch.nn as nn
 
 from ...core.composition import Stack
+from ...errors import AdapterConfigError
 from ..base import ComposableLayer, Method, one_adapter
 from .config import ReftConfig
 from .layer import Reft
 
 SPAN = "reft"  # the stash key of this pass's (first real token, end of real tokens, sequence length)
+PAST = "reft.past"  # the stash key of the positions a KV cache holds before this pass
 
 
 class ReftLayer(ComposableLayer):
@@ -30,15 +32,16 @@ class ReftLayer(ComposableLayer):
         if name is None:
             return None
         hidden = out[0] if isinstance(out, tuple) else out
-        first, end, total = state.stash.get(SPAN) or _span(None, hidden)
+        first, end, total = state.stash.get(SPAN) or _span(None, hidden, state.stash.get(PAST, 0))
         hidden = self.refts[name](hidden, first, end, total - hidden.shape[1])
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
 
-def _span(mask: torch.Tensor | None, hidden: torch.Tensor):
-    """Each row's first real token and the end of its real tokens, and the sequence's length."""
+def _span(mask: torch.Tensor | None, hidden: torch.Tensor | None, past: int = 0):
+    """Each row's first real token and the end of its real tokens, and the sequence's length
+    (without a mask: all of the ``past`` cached positions and ``hidden``'s)."""
     if mask is None:
-        rows, length = hidden.shape[:2]
+        rows, length = hidden.shape[0], past + hidden.shape[1]
         return (torch.zeros(rows, dtype=torch.long, device=hidden.device),
                 torch.full((rows,), length, dtype=torch.long, device=hidden.device), length)
     first = mask.argmax(dim=1)
@@ -51,6 +54,9 @@ class ReftMethod(Method):
     containers = ("refts",)
 
     def add(self, name: str, config: ReftConfig) -> None:
+        if self.host.family.kind == "encoder-decoder":
+            raise AdapterConfigError(f"ReFT is not supported on encoder-decoder models ({self.host.config.model_type}) "
+                                     "yet; use it on an encoder or a decoder")
         host = self.host
         if not self.layers:
             host.backbone.register_forward_pre_hook(self._before_pass, with_kwargs=True)
@@ -63,6 +69,10 @@ class ReftMethod(Method):
 
     def _before_pass(self, backbone, args, kwargs):
         state = self.host.context.state
+        if state.setup is None:
+            return
         mask = kwargs.get("attention_mask")
-        if state.setup is not None and mask is not None and mask.dim() == 2:
+        if mask is not None and mask.dim() == 2:
             state.stash[SPAN] = _span(mask, None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        state.stash[PAST] = cache.get_seq_length() if cache is not None else 0
