@@ -5,6 +5,8 @@ one ReFT adapter runs per pass (Stack with other methods)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import torch
 import torch.nn as nn
 
@@ -14,8 +16,10 @@ from ..base import ComposableLayer, Method, one_adapter
 from .config import ReftConfig
 from .layer import Reft
 
-SPAN = "reft"  # the stash key of this pass's (first real token, end of real tokens, sequence length)
-PAST = "reft.past"  # the stash key of the positions a KV cache holds before this pass
+# This thread's last backbone pass: (first real token, end of real tokens, sequence length) from its
+# 2-D mask or None, and the positions its KV cache held. Not the pass state's stash: an encoder's
+# layer stack begins a nested pass of its own. Kept after the pass for layers re-run in backward.
+_SPAN: ContextVar = ContextVar("adapterctl_reft_span", default=(None, 0))
 
 
 class ReftLayer(ComposableLayer):
@@ -32,7 +36,8 @@ class ReftLayer(ComposableLayer):
         if name is None:
             return None
         hidden = out[0] if isinstance(out, tuple) else out
-        first, end, total = state.stash.get(SPAN) or _span(None, hidden, state.stash.get(PAST, 0))
+        span, past = _SPAN.get()
+        first, end, total = span or _span(None, hidden, past)
         hidden = self.refts[name](hidden, first, end, total - hidden.shape[1])
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
 
@@ -68,11 +73,7 @@ class ReftMethod(Method):
             self.layers[stack, idx, "output"].refts[name] = host.like_model(Reft(config, host.hidden_size))
 
     def _before_pass(self, backbone, args, kwargs):
-        state = self.host.context.state
-        if state.setup is None:
-            return
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
-            state.stash[SPAN] = _span(mask, None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        state.stash[PAST] = cache.get_seq_length() if cache is not None else 0
+        _SPAN.set((_span(mask, None) if mask is not None and mask.dim() == 2 else None,
+                   cache.get_seq_length() if cache is not None else 0))
