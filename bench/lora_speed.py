@@ -1,11 +1,11 @@
 """LoRA on the real MiniLM: one training step against full fine-tuning and against PEFT's LoRA,
-and a merged LoRA's inference against the bare model, all in one run.
+all in one run (a merged LoRA's inference: bench/lora_merged.py).
 
-    PYTHONPATH=. /work/envs/peftvenv/bin/python bench/lora_speed.py [--rounds 40]
+    PYTHONPATH=. /work/envs/peftvenv/bin/python bench/lora_speed.py [--rounds 40] [--threads 2]
 
 PEFT is not a dependency of adapterctl: run this with a Python that has ``peft`` (the shared
 ``/work/envs/peftvenv``), adapterctl taken from this checkout by ``PYTHONPATH``. Batch 32 x
-sequence 128, 2 threads, the protocol of bench/core_speed.py: each round times every side once,
+sequence 128, 2 threads (``--threads 1`` where others share the cores), the protocol of bench/core_speed.py: each round times every side once,
 in rotating order, and the report is the median of the per-round ratios. All sides start from
 the same MiniLM weights; the LoRA is PEFT's and AdapterHub's default (r=8, alpha=8, query and
 value) with a classification head. PEFT's model keeps the backbone's own dropout (its default,
@@ -38,16 +38,13 @@ def peft_model(path):
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
 
-def ours(path, backbone_dropout: str = "none", merged: bool = False):
+def ours(path, backbone_dropout: str = "none"):
     from adapterctl import AdapterModel
 
     model = AdapterModel(AutoModel.from_pretrained(path))
     model.add_adapter("task", "lora")
     model.add_head("task", num_labels=2)
     model.train_adapter("task", backbone_dropout=backbone_dropout)
-    if merged:
-        model.merge_adapter("task")
-        return model.eval(), None
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
 
@@ -57,8 +54,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     path = installed_minilm()
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
@@ -70,18 +68,10 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    @torch.no_grad()
-    def infer(model):
-        model(input_ids=ids, attention_mask=mask)
-
-    bare = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
-    merged, _ = ours(path, merged=True)
     sides = {"full": full_model(path), "peft": peft_model(path), "ours": ours(path), "ours_all": ours(path, "all")}
     timers = {name: (lambda m=m, o=o: step(m, o)) for name, (m, o) in sides.items()}
-    timers.update(bare=lambda: infer(bare), merged=lambda: infer(merged))
-    names, ratios = list(timers), {k: [] for k in ("ours/full", "peft/full", "ours/peft", "ours_all/peft",
-                                                   "merged/bare")}
-    print(f"MiniLM, batch {args.batch} x {args.seq}, 2 threads, {args.warmup} warm-up + {args.rounds} rounds")
+    names, ratios = list(timers), {k: [] for k in ("ours/full", "peft/full", "ours/peft", "ours_all/peft")}
+    print(f"MiniLM, batch {args.batch} x {args.seq}, {args.threads} threads, {args.warmup} warm-up + {args.rounds} rounds")
     for r in range(args.warmup + args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         t = {name: timed(timers[name]) for name in order}
@@ -94,8 +84,7 @@ def main() -> None:
     what = {"ours/full": "our LoRA training step / full fine-tuning step",
             "peft/full": "PEFT's LoRA training step / full fine-tuning step",
             "ours/peft": "our LoRA training step / PEFT's (goal <= 1.0)",
-            "ours_all/peft": "ours with backbone_dropout='all' / PEFT's (like for like; goal <= 1.0)",
-            "merged/bare": "merged LoRA inference / the bare model (goal <= 1.005)"}
+            "ours_all/peft": "ours with backbone_dropout='all' / PEFT's (like for like; goal <= 1.0)"}
     for key, values in ratios.items():
         print(f"{what[key]}: median {statistics.median(values):.3f}x (rounds {min(values):.3f}-{max(values):.3f})")
 
