@@ -74,3 +74,49 @@ def test_config_is_frozen():
     with pytest.raises(Exception):
         c.reduction_factor = 2
     assert isinstance(c.replace(reduction_factor=2), BnConfig)
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, message",
+    [
+        ("pfeiffer", {"reduction_factor": float("nan")}, "reduction_factor=nan is not a finite number"),
+        ("pfeiffer", {"reduction_factor": {"default": float("inf")}}, "is not a finite number"),
+        ("lora", {"alpha": float("-inf")}, "alpha=-inf is not a finite number; give a finite value, e.g. alpha=8"),
+        ("pfeiffer", {"dropout": float("nan")}, "dropout=nan is not a finite number"),
+        ("pfeiffer", {"non_linearity": 5}, "non_linearity=5 must be text"),
+        ("pfeiffer", {"leave_out": ["x"]}, "leave_out=['x'] must be a list of integers, e.g. leave_out=[]"),
+        ("lora", {"leave_out": ["x"]}, "lora config: leave_out=['x'] must be a list of integers"),
+        ("pfeiffer", {"dropout": "0.1"}, "dropout='0.1' must be a number, e.g. dropout=0.0"),
+        ("pfeiffer", {"mh_adapter": 1}, "mh_adapter=1 must be true or false"),
+        ("lora", {"r": "8"}, "r='8' must be an integer, e.g. r=8"),
+        ("lora", {"attn_matrices": ["q", 3]}, "attn_matrices=['q', 3] must be a list of names"),
+        ("pfeiffer", {"reduction_factor": {"default": [16]}}, "must be a number or a mapping of layer -> number"),
+    ],
+)
+def test_bad_values_name_the_field_and_the_fix(preset, overrides, message):
+    """NaN, infinity and wrong types in every field, whatever the method: one line, before the
+    method's own checks could turn them into a traceback (``int('x')``, ``0.0 <= '0.1'``)."""
+    with pytest.raises(AdapterConfigError, match=message.replace("[", r"\[").replace("(", r"\(")) as caught:
+        load_config(preset, **overrides)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(AdapterConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config({**load_config(preset).to_dict(), **overrides})  # a saved file's dict
+
+
+def test_a_config_that_refers_to_itself_is_refused(tmp_path):
+    own = tmp_path / "a" / "adapter_config.json"
+    own.parent.mkdir()
+    own.write_text(json.dumps({"config": str(own)}))  # AdapterHub's "config" may name another config
+    via = tmp_path / "b.json"
+    via.write_text(json.dumps({"config": str(own.parent)}))
+    loop = {"preset": "pfeiffer"}
+    loop["preset"] = loop
+    nested = {"preset": "pfeiffer", "reduction_factor": {}}
+    nested["reduction_factor"]["x"] = nested
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for spec, message in [(own.parent, "refers back to itself"), (via, "refers back to itself"),
+                          (loop, r"refers back to itself \(a dict that contains itself\)"),
+                          (nested, "must be a number or a mapping"), (deep, r"is not valid JSON \(nested too deep\)")]:
+        with pytest.raises(AdapterConfigError, match=message):
+            load_config(spec)

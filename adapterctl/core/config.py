@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import re
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,36 @@ class AdapterConfig:
     architecture: ClassVar[str | None] = None
     method: ClassVar[str] = ""
     required: ClassVar[tuple[str, ...]] = ()  # fields a full config dict must name (no default)
+
+    def __init_subclass__(cls, **kwargs):
+        """A method's own ``__post_init__`` runs after ``check_fields``, so its checks and
+        normalizations (``int(i) for i in leave_out``) only ever see values of the declared types."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None:
+            @functools.wraps(own)
+            def checked(self):
+                self.check_fields()
+                own(self)
+
+            cls.__post_init__ = checked
+
+    def __post_init__(self):
+        self.check_fields()
+
+    def check_fields(self) -> None:
+        """Every field holds what its annotation says (JSON's types: a bool is not a number) and
+        no number is NaN or infinite, else a one-line error naming the field and the fix."""
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            value, element = getattr(self, f.name), LIST_ELEMENTS.get(f.name)
+            example = f", e.g. {f.name}={_plain(f.default)!r}" if f.default is not dataclasses.MISSING else ""
+            if not _finite(value):
+                raise AdapterConfigError(f"{self.method} config: {f.name}={value!r} is not a finite number; "
+                                         f"give a finite value{example}")
+            if not _accepts(value, hints[f.name], element):
+                raise AdapterConfigError(f"{self.method} config: {f.name}={value!r} must be "
+                                         f"{_describe(hints[f.name], element)}{example}")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -93,6 +127,62 @@ def _plain(value):
     if isinstance(value, Mapping):
         return dict(value)
     return value
+
+
+# -- field types ------------------------------------------------------------------------------
+
+# The elements of AdapterHub's list fields (the dataclasses annotate them as plain tuples).
+LIST_ELEMENTS = {"leave_out": int, "attn_matrices": str}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _finite(value) -> bool:
+    """No NaN or infinity in a number, a list or a mapping's values (one level: fields hold no deeper data)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(not isinstance(v, float) or math.isfinite(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(not isinstance(v, float) or math.isfinite(v) for v in value.values())
+    return True
+
+
+def _accepts(value, tp, element=None) -> bool:
+    if tp is Any:
+        return isinstance(value, _SCALARS)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_accepts(value, arm, element) for arm in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (tuple, list):
+        return isinstance(value, (list, tuple)) and all(_accepts(v, element or Any) for v in value)
+    if tp is Mapping:  # reduction_factor per layer: names -> numbers, nothing nested (no cycle)
+        return isinstance(value, Mapping) and all(isinstance(k, (str, int)) and _accepts(v, float)
+                                                  for k, v in value.items())
+    return True  # a type this check does not know: the method's own __post_init__ decides
+
+
+def _describe(tp, element=None) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm, element) for arm in typing.get_args(tp))
+    if tp in (tuple, list):
+        return f"a list of {({int: 'integers', str: 'names'})[element]}" if element else "a list of plain values"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null",
+             Mapping: "a mapping of layer -> number", Any: "a plain value"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 # -- presets --------------------------------------------------------------------------------
@@ -166,23 +256,40 @@ def load_config(spec: Any, **overrides) -> AdapterConfig:
     """Resolve anything a user may call a config: a config object, a preset name, the string
     form, a dict (a full config, or ``{"preset": name, **overrides}``), or the path of an
     ``adapter_config.json`` (AdapterHub's envelope with a ``config`` key, or a bare dict)."""
+    config = _load(spec, ())
+    return config.replace(**overrides) if overrides else config
+
+
+_MAX_REFERENCES = 8  # a preset or a file may name another one, and that one another, this deep
+
+
+def _load(spec: Any, trail: tuple) -> AdapterConfig:
+    """``load_config`` without overrides; ``trail``: the dicts and files that led here, so a
+    config that refers back to itself is an error, not endless recursion."""
+    is_file = isinstance(spec, Path) or (isinstance(spec, str) and (spec.endswith(".json") or Path(spec).is_dir()))
+    if is_file:
+        spec = Path(spec) / "adapter_config.json" if Path(spec).is_dir() else Path(spec)
+    key = spec.resolve() if is_file else id(spec)
+    if key in trail or len(trail) > _MAX_REFERENCES:
+        chain = " -> ".join(str(k) for k in (*trail, key) if isinstance(k, Path)) or "a dict that contains itself"
+        raise AdapterConfigError(f"the adapter config refers back to itself ({chain}); write out the config's fields "
+                                 "instead of a reference")
     if isinstance(spec, AdapterConfig):
         config = spec
     elif isinstance(spec, Mapping):
         spec = dict(spec)
         name = spec.pop("preset", None)
-        config = load_config(name).replace(**spec) if name else config_from_dict(spec)
-    elif isinstance(spec, Path) or (isinstance(spec, str) and (spec.endswith(".json") or Path(spec).is_dir())):
-        path = Path(spec)
-        if path.is_dir():
-            path = path / "adapter_config.json"
-        if not path.is_file():
-            raise AdapterConfigError(f"adapter config file {path} does not exist")
+        config = _load(name, (*trail, key)).replace(**spec) if name else config_from_dict(spec)
+    elif is_file:
+        if not spec.is_file():
+            raise AdapterConfigError(f"adapter config file {spec} does not exist")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise AdapterConfigError(f"{path} is not valid JSON ({e}); restore the file or re-save the adapter") from None
-        config = load_config(data.get("config", data) if isinstance(data, Mapping) else data)
+            data = json.loads(spec.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            problem = "nested too deep" if isinstance(e, RecursionError) else e
+            raise AdapterConfigError(f"{spec} is not valid JSON ({problem}); restore the file or re-save the adapter") \
+                from None
+        config = _load(data.get("config", data) if isinstance(data, Mapping) else data, (*trail, key))
     elif isinstance(spec, str):
         config = parse_config_string(spec)
     else:
@@ -190,7 +297,7 @@ def load_config(spec: Any, **overrides) -> AdapterConfig:
             f"cannot read an adapter config from {type(spec).__name__}; give a preset name, a config string, "
             "a dict, a config object or the path of an adapter_config.json"
         )
-    return config.replace(**overrides) if overrides else config
+    return config
 
 
 # -- AdapterHub's index key -------------------------------------------------------------------
