@@ -214,3 +214,30 @@ def test_fusing_adapters_of_another_hidden_size_or_family_is_refused(tmp_path):
         wider.load_fusion(tmp_path / "a,b")
     with pytest.raises(IncompatibleAdapterError, match="trained for a bert model, but this model is distilbert"):
         tiny_model("distilbert").load_adapter(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: BatchSplit("a", "b", batch_sizes=[3, -1]), r"batch_sizes \[3, -1\] must be whole numbers >= 0"),
+        (lambda: BatchSplit("a", "b", batch_sizes=[1.5, 1.5]), "must be whole numbers"),
+        (lambda: Split("a", "b", splits=[4, -1]), r"splits \[4, -1\] must be whole numbers >= 0"),
+        (lambda: Average("a", "b", weights=[1.0, -1.0]), "sum to zero and cannot be normalized"),
+        (lambda: Average("a", "b", weights=[1.0, float("nan")]), "must be finite numbers"),
+        (lambda: Fuse("a", "a"), "Fuse names 'a' more than once"),
+        (lambda: Fuse("a", Stack("b", "a")), "Fuse names 'a' more than once"),
+        (lambda: parse_setup({"type": "BatchSplit", "children": [{"type": "single", "children": ["a"]}],
+                              "kwargs": {"batch_sizes": [-2]}}), "must be whole numbers >= 0"),
+    ],
+)
+def test_blocks_refuse_sizes_weights_and_names_that_cannot_work(make, message):
+    """Before: a negative size sliced backwards (a traceback deep in a layer), zero-sum weights
+    divided by zero (NaN outputs), a doubled fusion child gave the fusion layer a wrong width."""
+    with pytest.raises(AdapterConfigError, match=message):
+        make()
+
+
+def test_average_weights_summing_to_zero_are_fine_unnormalized():
+    model, inputs = pfeiffer_model(), batch()
+    ours = hidden(model, Average("a", "b", weights=[1.0, -1.0], normalize_weights=False), inputs)
+    assert torch.isfinite(ours).all()

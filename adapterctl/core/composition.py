@@ -11,6 +11,7 @@ JSON form (``adapter_setup.json``) are AdapterHub's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Union
 
@@ -96,6 +97,11 @@ class Fuse(Block):
     def __init__(self, *children, name: str | None = None):
         super().__init__(*children)
         self._name = name
+        outputs = [c if isinstance(c, str) else c.last() for c in self.children]
+        twice = sorted({n for n in outputs if outputs.count(n) > 1})
+        if twice:
+            raise AdapterConfigError(f"Fuse names {', '.join(map(repr, twice))} more than once ({self!r}); fuse each "
+                                     "adapter once")
 
     @property
     def name(self) -> str:
@@ -107,9 +113,7 @@ class Split(Block):
 
     def __init__(self, *children, splits: Union[list[int], int]):
         super().__init__(*children)
-        self.splits = list(splits) if isinstance(splits, (list, tuple)) else [splits] * len(self.children)
-        if len(self.splits) != len(self.children):
-            raise AdapterConfigError(f"Split has {len(self.children)} children but {len(self.splits)} splits")
+        self.splits = _sizes(self, "splits", splits)
 
     def _kwargs(self):
         return {"splits": self.splits}
@@ -120,13 +124,7 @@ class BatchSplit(Block):
 
     def __init__(self, *children, batch_sizes: Union[list[int], int]):
         super().__init__(*children)
-        self.batch_sizes = (
-            list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes] * len(self.children)
-        )
-        if len(self.batch_sizes) != len(self.children):
-            raise AdapterConfigError(
-                f"BatchSplit has {len(self.children)} children but {len(self.batch_sizes)} batch_sizes"
-            )
+        self.batch_sizes = _sizes(self, "batch_sizes", batch_sizes)
 
     def _kwargs(self):
         return {"batch_sizes": self.batch_sizes}
@@ -147,11 +145,16 @@ class Average(Block):
         super().__init__(*children)
         if weights is None:
             weights = [1.0 / len(self.children)] * len(self.children)
-        elif normalize_weights:
-            total = sum(weights)
-            weights = [w / total for w in weights]
         if len(weights) != len(self.children):
             raise AdapterConfigError(f"Average has {len(self.children)} children but {len(weights)} weights")
+        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+            raise AdapterConfigError(f"Average weights {list(weights)} must be finite numbers")
+        total = sum(weights)
+        if normalize_weights:
+            if abs(total) < 1e-12:
+                raise AdapterConfigError(f"Average weights {list(weights)} sum to zero and cannot be normalized; "
+                                         "give weights with a non-zero sum, or normalize_weights=False")
+            weights = [w / total for w in weights]
         self.weights = list(weights)
 
     def _kwargs(self):
@@ -159,6 +162,17 @@ class Average(Block):
 
 
 BLOCKS = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average)}
+
+
+def _sizes(block: Block, what: str, sizes) -> list[int]:
+    """Split's and BatchSplit's sizes: one count (for every child) or one per child, each >= 0."""
+    sizes = list(sizes) if isinstance(sizes, (list, tuple)) else [sizes] * len(block.children)
+    kind = type(block).__name__
+    if len(sizes) != len(block.children):
+        raise AdapterConfigError(f"{kind} has {len(block.children)} children but {len(sizes)} {what}; give one per child")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes):
+        raise AdapterConfigError(f"{kind} {what} {sizes} must be whole numbers >= 0 (one per child)")
+    return sizes
 
 # Which children each block may hold (AdapterHub's table); a Stack below the top level may
 # hold only names.
@@ -172,6 +186,14 @@ ALLOWED_NESTINGS = {
 }
 
 Setup = Union[str, Block]
+
+
+def head_names(head_setup) -> list[str]:
+    """The heads a head setup runs: one name, a list (Parallel's, one per copy) or a BatchSplit
+    (AdapterHub's: head i on rows i)."""
+    if head_setup is None:
+        return []
+    return [head_setup] if isinstance(head_setup, str) else list(head_setup)
 
 
 def _parse_child(c):
