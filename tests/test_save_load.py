@@ -127,6 +127,21 @@ def test_weights_that_do_not_match_the_config_are_refused(saved):
     assert not fresh.has_adapter("a")
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+@pytest.mark.parametrize("where", ["adapter.safetensors", "model_head.safetensors"])
+def test_weights_stored_as_complex_integer_or_bool_tensors_are_refused(saved, dtype, where):
+    """Before: copied into the float parameters (a complex one losing its imaginary part)."""
+    tensors = load_file(saved / where)
+    key = next(iter(tensors))
+    tensors[key] = tensors[key].to(dtype)
+    save_file(tensors, saved / where)
+    fresh = tiny_model()
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(CorruptFileError, match=rf"/a: .* is stored as {name}; adapter weights are real floating"):
+        fresh.load_adapter(saved)
+    assert not fresh.has_adapter("a") and "a" not in fresh.heads
+
+
 def test_a_failed_overwrite_keeps_the_adapter_and_head_it_would_replace(saved):
     model = trained("pfeiffer", "classification")
     model.add_fusion(["a"])

@@ -19,8 +19,9 @@ def read_json(path: Path) -> dict:
         raise CorruptFileError(f"{path} is missing; the folder is not a complete saved adapter (re-save or re-download it)")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{path} is not valid JSON ({e}); re-save or re-download the adapter") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        problem = "nested too deep" if isinstance(e, RecursionError) else e
+        raise CorruptFileError(f"{path} is not valid JSON ({problem}); re-save or re-download the adapter") from None
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -65,6 +66,12 @@ def assign(tensors: dict, expected: dict, path: Path) -> None:
             + ". The file is truncated, tampered or from another adapter: re-save or re-download it"
         )
     for key, target in expected.items():
+        # A complex, integer or bool tensor would lose its imaginary part or pass for trained weights.
+        if target.is_floating_point() and not tensors[key].is_floating_point():
+            raise CorruptFileError(
+                f"{path}: {key} is stored as {str(tensors[key].dtype).removeprefix('torch.')}; adapter weights are "
+                "real floating-point tensors. The file was not written by an adapter library: re-save it with float weights"
+            )
         if tuple(tensors[key].shape) != tuple(target.shape):
             raise IncompatibleAdapterError(
                 f"{path}: {key} has shape {tuple(tensors[key].shape)}, the model expects {tuple(target.shape)}; "
