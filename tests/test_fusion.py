@@ -132,3 +132,74 @@ def test_a_setup_file_naming_a_folder_outside_is_refused_and_nothing_loads(tmp_p
     with pytest.raises(CorruptFileError, match="'../outside' in .* is not a plain file or folder name"):
         fresh.load_adapter_setup(folder)
     assert not fresh.adapters_config
+
+
+def test_fusing_adapters_placed_in_different_layers_is_refused():
+    """Before: accepted, then the forward failed in the layer where one adapter was missing."""
+    model = tiny_model()
+    model.add_adapter("a", "pfeiffer")
+    model.add_adapter("b", "pfeiffer", leave_out=[0])
+    with pytest.raises(AdapterConfigError, match=r"leave out different layers \(leave_out: a \[\], b \[0\]\)"):
+        model.add_fusion(["a", "b"])
+    assert model.fusions_config == {}
+    model.add_adapter("c", "pfeiffer", leave_out=[0])
+    model.add_fusion(["b", "c"], set_active=True)
+    assert model(**batch()).hidden_states.shape[0] == 3
+
+
+def test_deleting_what_the_setup_uses_switches_off_the_setup_and_the_head_it_chose():
+    """AdapterHub leaves the deleted adapter's head active (tests/fixtures/adapterhub_heads/facts.json,
+    delete_rules); then the next call runs that head on a backbone without its adapter."""
+    model = fused_model()
+    model.add_classification_head("a", num_labels=2)
+    model.add_classification_head("keep", num_labels=2)
+    model.set_active_adapters("a")
+    assert model.active_head == "a"
+    model.delete_adapter("a")
+    assert (model.active_setup, model.active_head) == (None, None)
+    assert "a" in model.heads and model(**batch()).logits is None
+
+    model.add_classification_head("b,c", num_labels=2)
+    model.add_fusion(["b", "c"], set_active=True)
+    assert model.active_head == "b,c"
+    model.delete_fusion("b,c")
+    assert (model.active_setup, model.active_head) == (None, None)
+    model.add_fusion(["b", "c"], set_active=True)
+    model.active_head = "keep"
+    model.delete_fusion("b,c")
+    assert (model.active_setup, model.active_head) == (None, "keep")  # a head the user chose stays
+
+
+def test_deleting_a_parallel_head_clears_the_active_heads():
+    model = fused_model()
+    for n in "bc":
+        model.add_classification_head(n, num_labels=2)
+    from adapterctl import Parallel
+
+    model.set_active_adapters(Parallel("b", "c"))
+    assert model.active_head == ["b", "c"]
+    model.delete_head("c")
+    assert model.active_head is None
+
+
+def test_a_failed_fusion_overwrite_keeps_the_fusion_it_would_replace(tmp_path):
+    model, inputs = fused_model(), batch()
+    with torch.no_grad():
+        before = model(**inputs).logits
+    model.save_fusion(tmp_path / "f", FUSION)
+    weights = tmp_path / "f" / "model_adapter_fusion.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])  # truncated
+    with pytest.raises(CorruptFileError, match="truncated or corrupt"):
+        model.load_fusion(tmp_path / "f", overwrite_ok=True)
+    from safetensors.torch import load_file, save_file
+
+    model.save_fusion(tmp_path / "g", FUSION)
+    tensors = load_file(str(tmp_path / "g" / "model_adapter_fusion.safetensors"))
+    tensors.pop(next(iter(tensors)))  # a key missing: only found after the fusion was rebuilt
+    save_file(tensors, str(tmp_path / "g" / "model_adapter_fusion.safetensors"))
+    with pytest.raises(CorruptFileError, match=r"weights do not match the config; missing \[.*\.a,b,c\."):
+        model.load_fusion(tmp_path / "g", overwrite_ok=True)
+    assert list(model.fusions_config) == [FUSION] and set(model.heads) == {FUSION}
+    model.set_active_adapters(Fuse(*ADAPTERS))
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, before)

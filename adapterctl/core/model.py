@@ -205,9 +205,19 @@ class AdapterModel(nn.Module):
         del self.adapters_config[name]
         for fusion in [f for f in self.fusions_config if name in f.split(",")]:
             self.delete_fusion(fusion)
+        self._deactivate_setup_with(name)
+
+    def _deactivate_setup_with(self, name: str) -> None:
+        """A default setup that used the adapter or fusion ``name`` is switched off, and with it
+        the head(s) it made active, which would otherwise run on outputs the setup no longer
+        shapes. (AdapterHub leaves such a head active.)"""
         default = self.context.default
-        if default.setup is not None and name in default.setup.flatten():
-            self.context.default = replace(default, setup=None)
+        setup = default.setup
+        if setup is None or name not in setup.flatten() + _fusions_in(setup):
+            return
+        derived = _heads_of(setup)
+        head = None if derived is not None and default.head == derived else default.head
+        self.context.default = replace(default, setup=None, head=head)
 
     def _require_adapter(self, name: str) -> None:
         if name not in self.adapters_config:
@@ -264,6 +274,12 @@ class AdapterModel(nn.Module):
                 f"cannot fuse {names}: they are placed at different sites (mh_adapter differs); "
                 "fuse adapters of the same architecture"
             )
+        leave_out = {n: sorted(self.adapters_config[n].leave_out) for n in names}
+        if len({tuple(v) for v in leave_out.values()}) > 1:
+            raise AdapterConfigError(
+                f"cannot fuse {names}: they leave out different layers (leave_out: "
+                f"{', '.join(f'{n} {v}' for n, v in leave_out.items())}); fuse adapters placed in the same layers"
+            )
         config = load_fusion_config(config)
         if fuse.name in self.fusions_config and not overwrite_ok:
             raise AdapterConfigError(f"a fusion named {fuse.name!r} already exists; pass overwrite_ok=True to replace it")
@@ -280,6 +296,7 @@ class AdapterModel(nn.Module):
         name = self._require_fusion(name)
         self._method("bottleneck").delete_fusion(name)
         del self.fusions_config[name]
+        self._deactivate_setup_with(name)
 
     def _require_fusion(self, name) -> str:
         name = name if isinstance(name, str) else C.Fuse(*name).name
@@ -332,7 +349,7 @@ class AdapterModel(nn.Module):
         if name not in self.heads:
             raise AdapterNotFoundError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
         del self.heads[name]
-        if self.active_head == name:
+        if name in C.head_names(self.active_head):
             self.active_head = None
 
     def _keep_static_head(self, model: PreTrainedModel) -> None:
@@ -401,9 +418,7 @@ class AdapterModel(nn.Module):
         """AdapterHub's rule (the head named like the last adapter; one per Parallel child), if
         those heads exist."""
         head = _heads_of(block) if block is not None else None
-        if isinstance(head, list) and all(h in self.heads for h in head):
-            return head
-        return head if isinstance(head, str) and head in self.heads else None
+        return head if head is not None and all(h in self.heads for h in C.head_names(head)) else None
 
     def set_adapter_drop(self, max_layer: int | None, p: float = 1.0) -> None:
         """Robust AdapterDrop in training (see ``methods/adapterdrop.py``); ``None`` turns it off."""
@@ -461,8 +476,7 @@ class AdapterModel(nn.Module):
 
     def _train_only(self, modules: list[nn.Module], train_head: bool, backbone_dropout: str) -> None:
         if train_head:
-            heads = self.active_head if isinstance(self.active_head, list) else [self.active_head]
-            modules += [self.heads[h] for h in heads if h is not None and h in self.heads]
+            modules += [self.heads[h] for h in C.head_names(self.active_head) if h in self.heads]
         self._policy.freeze_all_but(self, modules, backbone_dropout)
         # A head tied to the input embeddings does not train them (AdapterHub's freeze_embeddings).
         self.backbone.get_input_embeddings().requires_grad_(False)
@@ -508,6 +522,8 @@ class AdapterModel(nn.Module):
         if head is None:
             return AdapterModelOutput(hidden_states=hidden)
         label_kw = dict(labels=labels, start_positions=start_positions, end_positions=end_positions)
+        if isinstance(head, C.BatchSplit):
+            return self._batch_split_heads(head, hidden, pooled, attention_mask, label_kw)
         if isinstance(head, list):  # Parallel: each head on its copy of the batch
             b = rows.shape[0]
             if hidden.shape[0] == b:
@@ -525,6 +541,26 @@ class AdapterModel(nn.Module):
             )
         out = self._head(head, hidden, pooled, attention_mask, label_kw)
         return AdapterModelOutput(loss=out.loss, logits=out.logits, hidden_states=hidden, head=head)
+
+    def _batch_split_heads(self, heads: C.BatchSplit, hidden, pooled, attention_mask, label_kw) -> AdapterModelOutput:
+        """AdapterHub's BatchSplit head setup: head i on rows ``batch_sizes[i]`` (and their
+        labels). The logits are one tensor over all rows when the heads' shapes agree, else a
+        list with one entry per head (AdapterHub's ``head_outputs``); the loss sums the heads'."""
+        if sum(heads.batch_sizes) != hidden.shape[0]:
+            raise AdapterConfigError(f"the head setup {heads!r} covers {sum(heads.batch_sizes)} rows, but the batch "
+                                     f"has {hidden.shape[0]}; make batch_sizes add up to it")
+        outs, start = [], 0
+        for name, n in zip(heads, heads.batch_sizes):
+            pick = lambda t, a=start, b=start + n: t[a:b] if torch.is_tensor(t) else t  # noqa: E731
+            outs.append(self._head(name, pick(hidden), pick(pooled), pick(attention_mask),
+                                   {k: pick(v) for k, v in label_kw.items()}))
+            start += n
+        logits = [o.logits for o in outs]
+        if all(torch.is_tensor(x) and x.shape[1:] == logits[0].shape[1:] for x in logits):
+            logits = torch.cat(logits)
+        losses = [o.loss for o in outs if o.loss is not None]
+        return AdapterModelOutput(loss=torch.stack(losses).sum() if losses else None, logits=logits,
+                                  hidden_states=hidden, head=heads)
 
     def _head(self, name, hidden, pooled, attention_mask, label_kw):
         if name not in self.heads:
@@ -642,25 +678,38 @@ class AdapterModel(nn.Module):
         config = load_config(env.get("config", env))
         old = env.get("name") or path.name
         name = load_as or old
-        head = None
-        if with_head and adapterhub.has_head(path):
-            head = adapterhub.read_head(path)
-            adapterhub.check_backbone(self._backbone_info(), head[0], path)
-            adapterhub.check_labels(head[0], labels, path)
-        if overwrite_ok and (name in self.adapters_config or name in self.heads):
-            # Replacing drops the old adapter (and the fusions over it): prove the folder loads first.
-            scratch = f"{name}-check"
-            try:
-                self._load_adapter_as(scratch, config, tensors, old, head, path, overwrite_ok=False)
-            except AdapterError as error:  # its keys named as the adapter's own
-                raise type(error)(str(error).replace(f".{scratch}.", f".{name}.")) from None
-            self.delete_adapter(scratch)
-            if scratch in self.heads:
-                self.delete_head(scratch)
+        head = self._saved_head(path, load_as, name, labels) if with_head else None
+        if overwrite_ok and (name in self.adapters_config or (head is not None and head[0] in self.heads)):
+            self._prove_loads(name, lambda n: self._load_adapter_as(n, config, tensors, old, head and (n, *head[1:]),
+                                                                    path, overwrite_ok=False), self.delete_adapter)
         self._load_adapter_as(name, config, tensors, old, head, path, overwrite_ok)
         if set_active:
             self.set_active_adapters(name)
         return name
+
+    def _saved_head(self, path: Path, load_as: str | None, default: str, labels=None):
+        """``(name, envelope, tensors)`` of the head saved in ``path``, or ``None``. As in AdapterHub,
+        it is named ``load_as`` if given, else as its file says (``save_adapter_fusion(...,
+        with_head="<name>")`` picks any name), else ``default``."""
+        if not adapterhub.has_head(path):
+            return None
+        env, tensors = adapterhub.read_head(path)
+        adapterhub.check_backbone(self._backbone_info(), env, path)
+        adapterhub.check_labels(env, labels, path)
+        return load_as or env.get("name") or default, env, tensors
+
+    def _prove_loads(self, name: str, load, delete) -> None:
+        """Replacing ``name`` drops the old one (and what depends on it): first load the folder
+        under a scratch name with ``load(scratch)``, then ``delete(scratch)``; a folder that does
+        not load leaves the old one in place."""
+        scratch = f"{name}-check"
+        try:
+            load(scratch)
+        except AdapterError as error:  # its keys named as the replaced one's own
+            raise type(error)(str(error).replace(f".{scratch}.", f".{name}.")) from None
+        delete(scratch)
+        if scratch in self.heads:
+            self.delete_head(scratch)
 
     def _load_adapter_as(self, name, config, tensors, old, head, path, overwrite_ok) -> None:
         self.add_adapter(name, config, overwrite_ok=overwrite_ok)
@@ -671,7 +720,7 @@ class AdapterModel(nn.Module):
             assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name, method.containers),
                    expected, path)
             if head is not None:
-                self._load_head_as(name, *head, old, path, overwrite_ok)
+                self._load_head_as(*head, path, overwrite_ok)
         except BaseException:
             self.delete_adapter(name)
             raise
@@ -682,11 +731,12 @@ class AdapterModel(nn.Module):
         env, tensors = adapterhub.read_head(path)
         adapterhub.check_backbone(self._backbone_info(), env, path)
         adapterhub.check_labels(env, labels, path)
-        old = env.get("name") or path.name
-        self._load_head_as(load_as or old, env, tensors, old, path, overwrite_ok)
-        return load_as or old
+        name = load_as or env.get("name") or path.name
+        self._load_head_as(name, env, tensors, path, overwrite_ok)
+        return name
 
-    def _load_head_as(self, name, env, tensors, old, path, overwrite_ok) -> None:
+    def _load_head_as(self, name, env, tensors, path, overwrite_ok) -> None:
+        old = env.get("name") or path.name  # the name its weights are saved under
         config = dict(env["config"])
         head_type = config.pop("head_type")
         label2id = config.pop("label2id", None)
@@ -720,19 +770,28 @@ class AdapterModel(nn.Module):
         adapterhub.check_backbone(self._backbone_info(), env, path)
         old = env.get("name") or path.name
         name = load_as or old
-        self.add_fusion(name.split(","), load_fusion_config(env["config"]), overwrite_ok=overwrite_ok)
+        adapters, config = name.split(","), load_fusion_config(env["config"])
+        head = self._saved_head(path, load_as, name) if with_head else None
+        if overwrite_ok and (name in self.fusions_config or (head is not None and head[0] in self.heads)):
+            self._prove_loads(name, lambda n: self._load_fusion_as(n, adapters, config, tensors, old,
+                                                                   head and (n, *head[1:]), path, overwrite_ok=False),
+                              self.delete_fusion)
+        self._load_fusion_as(name, adapters, config, tensors, old, head, path, overwrite_ok)
+        if set_active:
+            self.set_active_adapters(C.Fuse(*adapters))
+        return name
+
+    def _load_fusion_as(self, name, adapters, config, tensors, old, head, path, overwrite_ok) -> None:
+        self.add_fusion(adapters, config, name=name, overwrite_ok=overwrite_ok)
         try:
             expected = self._state_of(self.fusion_modules(name), keep_vars=True)
             assign(adapterhub.to_model_keys(tensors, expected, self.base_model_prefix, old, name,
                                             ("adapter_fusion_layer",)), expected, path)
-            if with_head and adapterhub.has_head(path):
-                self._load_head_as(name, *adapterhub.read_head(path), old, path, overwrite_ok)
+            if head is not None:
+                self._load_head_as(*head, path, overwrite_ok)
         except BaseException:
             self.delete_fusion(name)
             raise
-        if set_active:
-            self.set_active_adapters(C.Fuse(*name.split(",")))
-        return name
 
     def save_adapter_setup(self, directory, setup=None, overwrite: bool = False) -> Path:
         """Save a whole setup (the active one by default) as AdapterHub does: ``adapter_setup.json``
@@ -779,6 +838,9 @@ def _heads_of(block: C.Block):
         return final
     if isinstance(final, C.Parallel):
         return [c if isinstance(c, str) else c.last() for c in final.children]
+    if isinstance(final, C.BatchSplit):
+        return C.BatchSplit(*[c if isinstance(c, str) else c.last() for c in final.children],
+                            batch_sizes=final.batch_sizes)
     if isinstance(final, C.Fuse):
         return final.name
     return None

@@ -3,6 +3,7 @@ every adapter, fusion and head of a model."""
 
 from __future__ import annotations
 
+from .composition import head_names
 from .config import architecture_name
 
 
@@ -14,7 +15,7 @@ def summary_rows(model) -> tuple[list[dict], int]:
     fusions = {name: [p for m in model.fusion_modules(name) for p in m.parameters()] for name in model.fusions_config}
     own = {id(p) for ps in (*params.values(), *fusions.values()) for p in ps}
     backbone = sum(p.numel() for p in model.backbone.parameters() if id(p) not in own)
-    heads = model.active_head if isinstance(model.active_head, list) else [model.active_head]
+    heads = head_names(model.active_head)
     rows = [_row(name, architecture_name(model.adapters_config[name]), params[name], backbone, name in active)
             for name in model.adapters_config]
     rows += [_row(name, "fusion", fusions[name], backbone, name in model.active_fusions()) for name in fusions]

@@ -49,6 +49,7 @@ def write_fusion(folder: Path, env: dict, tensors: dict) -> None:
 
 
 def write_setup(folder: Path, setup: Block, head_setup) -> None:
+    head_setup = head_setup.to_dict() if isinstance(head_setup, Block) else head_setup
     text = json.dumps({"adapter_setup": setup.to_dict(), "head_setup": head_setup,
                        "version": f"adapterctl.{__version__}"}, indent=2)
     (folder / SETUP_CONFIG).write_text(text + "\n")
