@@ -203,3 +203,28 @@ def test_a_failed_fusion_overwrite_keeps_the_fusion_it_would_replace(tmp_path):
     model.set_active_adapters(Fuse(*ADAPTERS))
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, before)
+
+
+def test_fusion_attentions_are_each_layers_softmax_over_the_fused_adapters():
+    """What bench/fusion_experiment.py recomputed from a hook, read from the model (issue 18)."""
+    model, inputs = fused_model(), batch()
+    seen = {}
+
+    def keep(module, args):
+        query, up, _ = args
+        scores = (module.query(query).unsqueeze(2) @ module.key(up).transpose(-2, -1)).squeeze(2)
+        seen[module] = torch.softmax(scores, dim=-1)
+
+    handles = [m.register_forward_pre_hook(keep) for m in model.fusion_modules(FUSION)]
+    with torch.no_grad():
+        attentions = model.fusion_attentions(**inputs)
+    for h in handles:
+        h.remove()
+    assert list(attentions) == [FUSION] and sorted(attentions[FUSION]) == [0, 1]
+    for idx, module in enumerate(model.fusion_modules(FUSION)):
+        probs = attentions[FUSION][idx]["output_adapter"]
+        assert probs.shape == (3, 9, 3)
+        assert torch.allclose(probs.sum(-1), torch.ones(3, 9))
+        assert torch.allclose(probs, seen[module], atol=1e-6)
+    with torch.no_grad():
+        assert model.fusion_attentions(**inputs, adapter_setup="a") == {}  # no fusion ran

@@ -33,6 +33,7 @@ from ..methods.adapterdrop import AdapterDrop
 from ..methods.averaging import average_adapter
 from ..methods.base import Method
 from ..methods.fusion.config import FusionConfig, load_fusion_config
+from ..methods.fusion.layer import recording_attentions
 from . import composition as C
 from . import registry
 from .backbone import load_pretrained
@@ -321,6 +322,20 @@ class AdapterModel(nn.Module):
 
     def active_fusions(self) -> list[str]:
         return _fusions_in(self.active_setup)
+
+    def fusion_attentions(self, **batch) -> dict[str, dict[int, dict[str, torch.Tensor]]]:
+        """Run ``self(**batch)`` once and return each fusion's attention over its adapters:
+        ``{fusion: {layer index: {site: probs (B, T, N)}}}``, N in the ``Fuse`` block's order,
+        the site ``mh_adapter`` or ``output_adapter`` (AdapterHub's
+        ``output_adapter_fusion_attentions=True``). Grad mode is the caller's."""
+        with recording_attentions() as record:
+            self(**batch)
+        out: dict = {}
+        for (_, idx, site), layer in sorted(self._method("bottleneck").layers.items()):
+            for name, fusion in layer.adapter_fusion_layer.items():
+                if fusion in record:
+                    out.setdefault(name, {}).setdefault(idx, {})[site] = record[fusion]
+        return out
 
     # -- heads ----------------------------------------------------------------------------
 

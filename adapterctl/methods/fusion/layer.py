@@ -9,10 +9,27 @@ AdapterHub (``methods/bottleneck/layer.py`` runs it inside a ``Fuse`` block).
 
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
+
 import torch
 import torch.nn as nn
 
 from .config import FusionConfig
+
+_RECORD: ContextVar[dict | None] = ContextVar("adapterctl_fusion_attentions", default=None)
+
+
+@contextlib.contextmanager
+def recording_attentions():
+    """Within the block (this thread only), every fusion layer that runs keeps its attention
+    over the fused adapters: yields ``{fusion module: probs (B, T, N)}``, detached."""
+    record: dict = {}
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
 
 
 def _bert_init(module: nn.Module) -> None:
@@ -57,6 +74,9 @@ class Fusion(nn.Module):
         v = self.value(value) if self.config.value and self.config.value_before_softmax else value
         scores = torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)).squeeze(2)  # (B, T, N)
         probs = torch.softmax(self.dropout(scores) / self.T, dim=-1)
+        record = _RECORD.get()
+        if record is not None:
+            record[self] = probs.detach()
         if self.training:  # temperature annealing, one step per training forward
             self.T = max(self.T - self.reduction, 1.0)
         context = torch.matmul(probs.unsqueeze(2), v).squeeze(2)
