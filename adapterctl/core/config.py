@@ -133,7 +133,6 @@ def _plain(value):
 
 # The elements of AdapterHub's list fields (the dataclasses annotate them as plain tuples).
 LIST_ELEMENTS = {"leave_out": int, "attn_matrices": str}
-_SCALARS = (str, int, float, bool, type(None))
 
 
 @functools.cache
@@ -154,7 +153,7 @@ def _finite(value) -> bool:
 
 def _accepts(value, tp, element=None) -> bool:
     if tp is Any:
-        return isinstance(value, _SCALARS)
+        return True  # a field the method types loosely (a union's parts): its own checks decide
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(_accepts(value, arm, element) for arm in typing.get_args(tp))
     if tp is type(None):
@@ -168,7 +167,7 @@ def _accepts(value, tp, element=None) -> bool:
     if tp is str:
         return isinstance(value, str)
     if tp in (tuple, list):
-        return isinstance(value, (list, tuple)) and all(_accepts(v, element or Any) for v in value)
+        return isinstance(value, (list, tuple)) and (element is None or all(_accepts(v, element) for v in value))
     if tp is Mapping:  # reduction_factor per layer: names -> numbers, nothing nested (no cycle)
         return isinstance(value, Mapping) and all(isinstance(k, (str, int)) and _accepts(v, float)
                                                   for k, v in value.items())
@@ -179,9 +178,9 @@ def _describe(tp, element=None) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_describe(arm, element) for arm in typing.get_args(tp))
     if tp in (tuple, list):
-        return f"a list of {({int: 'integers', str: 'names'})[element]}" if element else "a list of plain values"
+        return f"a list of {({int: 'integers', str: 'names'})[element]}" if element else "a list"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "text", type(None): "null",
-             Mapping: "a mapping of layer -> number", Any: "a plain value"}
+             Mapping: "a mapping of layer -> number"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
