@@ -230,3 +230,17 @@ def test_a_checkpoints_classification_head_is_kept_as_default(family):
         model.add_adapter("a", "pfeiffer", set_active=True)
         assert model.active_head == "default"  # no head named "a": the checkpoint's stays
         assert torch.allclose(model(**batch()).logits, checkpoint(**batch()).logits, atol=1e-6)
+
+
+def test_a_gguf_checkpoint_loads_with_its_lm_head():
+    """A GGUF file's config names no class (``architectures`` is None): it is a causal LM, so its
+    *ForCausalLM keeps the LM head (before: AutoModel, the head lost, generate() impossible)."""
+    from adapterctl.core.backbone import checkpoint_class
+    from conftest import llama_config
+
+    config = llama_config()
+    assert config.architectures is None
+    assert checkpoint_class(config, gguf=True) == "LlamaForCausalLM"
+    assert checkpoint_class(config) is None  # a folder without the key: the bare model, as before
+    config.architectures = ["LlamaForCausalLM"]
+    assert checkpoint_class(config) == "LlamaForCausalLM"

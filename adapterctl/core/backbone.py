@@ -13,6 +13,7 @@ from pathlib import Path
 
 import transformers
 from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ..errors import AdapterConfigError
 from ..families import FAMILIES
@@ -39,8 +40,19 @@ def load_pretrained(location: str | Path, **kwargs) -> PreTrainedModel:
     transformers' own arguments pass through (``revision=``, ``dtype=``, ``gguf_file=``, ...)."""
     path = backbone_path(str(location))
     config, _ = AutoConfig.from_pretrained(path, return_unused_kwargs=True, **kwargs)
-    family = FAMILIES.get(config.model_type)
-    arch = (getattr(config, "architectures", None) or [""])[0]
-    if family is not None and family.static_head(arch) is not None and hasattr(transformers, arch):
+    arch = checkpoint_class(config, gguf="gguf_file" in kwargs)
+    if arch is not None:
         return getattr(transformers, arch).from_pretrained(path, **kwargs)
     return AutoModel.from_pretrained(path, **kwargs)
+
+
+def checkpoint_class(config, gguf: bool = False) -> str | None:
+    """The transformers class that keeps the checkpoint's head, if it is one we keep. A GGUF file
+    is a causal LM whose config names no class: its ``*ForCausalLM`` (else the LM head is lost)."""
+    family = FAMILIES.get(config.model_type)
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    if not arch and gguf:
+        arch = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, "")
+    if family is not None and family.static_head(arch) is not None and hasattr(transformers, arch):
+        return arch
+    return None
