@@ -76,7 +76,8 @@ class AdapterModel(nn.Module):
         self._policy = TrainingPolicy(attention, backbone)
         # An encoder-decoder's stacks also run on their own (generate() encodes once, T5's
         # *ForConditionalGeneration calls its stacks directly): each begins a pass too, nested.
-        owners = {backbone.get_submodule(spec.path.rpartition(".")[0]) for spec in self.family.stacks.values()}
+        owners = ({backbone.get_submodule(spec.path.rpartition(".")[0]) for spec in self.family.stacks.values()}
+                  if self.family.kind == "encoder-decoder" else set())
         for module in [backbone, *[m for m in owners if m is not backbone]]:
             module.register_forward_pre_hook(self._begin_pass, with_kwargs=True)
             module.register_forward_hook(self._end_pass, always_call=True)
