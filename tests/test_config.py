@@ -120,3 +120,16 @@ def test_a_config_that_refers_to_itself_is_refused(tmp_path):
                           (nested, "must be a number or a mapping"), (deep, r"is not valid JSON \(nested too deep\)")]:
         with pytest.raises(AdapterConfigError, match=message):
             load_config(spec)
+
+
+def test_an_absurdly_wide_bottleneck_is_refused_before_allocating():
+    from conftest import tiny_model
+
+    with pytest.raises(AdapterConfigError, match=r"reduction_factor=1e-09 asks for a bottleneck of .* over 16x"):
+        load_config("pfeiffer", reduction_factor=1e-9).bottleneck_size(768, 0)
+    assert load_config("pfeiffer", reduction_factor=1 / 16).bottleneck_size(768, 0) == 16 * 768  # the limit itself
+    model = tiny_model()
+    before = sum(p.numel() for p in model.parameters())
+    with pytest.raises(AdapterConfigError, match="use reduction_factor >= 1/16"):
+        model.add_adapter("a", "pfeiffer", reduction_factor=1e-9)
+    assert not model.has_adapter("a") and sum(p.numel() for p in model.parameters()) == before

@@ -16,6 +16,8 @@ from typing import ClassVar, Union
 from ...core.config import AdapterConfig, register_preset
 from ...errors import AdapterConfigError
 
+MAX_WIDENING = 16  # the widest bottleneck accepted, in multiples of the hidden size
+
 INITS = ("identity", "bert", "houlsby", "mam_adapter")
 SCALINGS = ("learned", "channel")
 RESIDUAL_BEFORE_LN = (True, False, "post_add")
@@ -151,8 +153,16 @@ class BnConfig(AdapterConfig):
         )
 
     def bottleneck_size(self, hidden_size: int, layer: int) -> int:
-        """AdapterHub's rule: ``int(hidden // reduction_factor)``, at least 1."""
-        return max(1, int(hidden_size // self.reduction_factor_for(layer)))
+        """AdapterHub's rule: ``int(hidden // reduction_factor)``, at least 1. A size over
+        ``MAX_WIDENING`` times the hidden size is refused before anything is allocated
+        (``reduction_factor=1e-9`` would ask for terabytes)."""
+        rf = self.reduction_factor_for(layer)
+        size = max(1, int(hidden_size // rf))
+        if size > MAX_WIDENING * hidden_size:
+            raise AdapterConfigError(
+                f"reduction_factor={rf} asks for a bottleneck of {size} units, over {MAX_WIDENING}x the hidden size "
+                f"{hidden_size}; use reduction_factor >= 1/{MAX_WIDENING} (e.g. 16)")
+        return size
 
     def to_file_dict(self) -> dict:
         # AdapterHub knows no "identity" init and would refuse the file; the init of saved
