@@ -76,8 +76,8 @@ def test_bad_dora_and_vera_configs_are_one_line_errors():
     model = tiny_model()
     for overrides, message in [
         (dict(vera_d=0.1), "needs both vera_d and vera_b"),
-        (dict(vera_d="big", vera_b=0.0), "vera_d must be a number"),
-        (dict(use_dora="yes"), "use_dora must be true or false"),
+        (dict(vera_d="big", vera_b=0.0), r"vera_d=.big. must be a number"),
+        (dict(use_dora="yes"), r"use_dora=.yes. must be true or false"),
     ]:
         with pytest.raises(AdapterConfigError, match=message):
             model.add_adapter("x", "lora", **overrides)
