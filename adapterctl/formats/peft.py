@@ -149,6 +149,8 @@ def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
     alpha = peft.get("lora_alpha", 8)
     if peft.get("use_rslora"):
         alpha = alpha * math.sqrt(r)  # PEFT's scaling alpha / sqrt(r) as our alpha / r
+    if float(alpha).is_integer():  # LoRAConfig.alpha is an integer, as AdapterHub's
+        alpha = int(alpha)
     return LoRAConfig(**fields, r=r, alpha=alpha, dropout=float(peft.get("lora_dropout") or 0.0))
 
 
