@@ -1,6 +1,7 @@
 """Checkpoints are read without unpickling: JSON and safetensors only, and anything else in a
 run folder (a pickled ``state.pt``, a tampered ``state.json``) is a one-line error."""
 
+import datetime
 import json
 import random
 from pathlib import Path
@@ -118,3 +119,17 @@ def test_a_checkpoint_whose_overwrite_was_killed_is_put_back(tmp_path, monkeypat
     assert folders.latest_unfinished("train") == Path("outputs/train/2026-01-01_00-00-00")
     assert checkpoint.restore(run / "checkpoints" / "last", model, optimizer, scheduler)[0] == {"step": 3}
     assert not list((run / "checkpoints").glob(".last.old-*"))
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from adapterctl.run import folders
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 1, 0, 0, 0)
+
+    monkeypatch.setattr(folders.datetime, "datetime", Frozen)
+    made = [folders.new_folder("evaluate", None, base=tmp_path) for _ in range(3)]
+    assert [p.name for p in made] == ["2026-01-01_00-00-00", "2026-01-01_00-00-00_1", "2026-01-01_00-00-00_2"]
+    assert all(p.is_dir() for p in made)

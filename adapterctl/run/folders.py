@@ -28,14 +28,16 @@ CHECKPOINTS = "checkpoints"
 
 
 def new_folder(command: str, output_dir: str | None, base: Path = Path("outputs")) -> Path:
-    """A fresh run folder; refuses one that exists and holds anything, or a path that is a file."""
-    if output_dir:
-        folder = Path(output_dir)
-    else:
-        folder = base / command / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    """A fresh run folder; refuses one that exists and holds anything, or a path that is a file.
+
+    Without ``output_dir`` the folder is named after the time; two runs started in the same second
+    (or concurrently) each claim their own, the later one with a ``_1``, ``_2`` ... suffix."""
+    if not output_dir:
+        return _claim_timestamped(base / command)
+    folder = Path(output_dir)
     taken = next((p for p in [folder, *folder.parents] if p.exists() and not p.is_dir()), None)
     if taken is not None:
-        raise AdapterConfigError(f"output_dir={output_dir or folder}: {taken} is a file, not a folder; "
+        raise AdapterConfigError(f"output_dir={output_dir}: {taken} is a file, not a folder; "
                                  "choose another output_dir=...")
     if folder.exists() and any(folder.iterdir()):
         raise AdapterConfigError(
@@ -43,6 +45,22 @@ def new_folder(command: str, output_dir: str | None, base: Path = Path("outputs"
         )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _claim_timestamped(parent: Path) -> Path:
+    """``parent/<YYYY-MM-DD>_<HH-MM-SS>[_<n>]``, created with ``mkdir`` so that no two runs share one."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if parent.exists() and not parent.is_dir():
+        raise AdapterConfigError(f"{parent} is a file, not a folder; move it or choose output_dir=...")
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1000):
+        folder = parent / (stamp if n == 0 else f"{stamp}_{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise AdapterConfigError(f"could not claim a fresh run folder under {parent}; give output_dir=...")
 
 
 def is_finished(folder: Path) -> bool:
