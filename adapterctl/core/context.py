@@ -17,15 +17,71 @@ import contextlib
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
+import torch
+
+from ..errors import AdapterConfigError
 from .composition import Block
+
+NO_ADAPTER = "__base__"  # a mixed batch's name for a row that runs no adapter (as None does)
+
+
+class Rows:
+    """A mixed batch's setup: one adapter name per row (``None`` or ``"__base__"``: the bare
+    model), set by ``forward(adapter_names=...)``. A site that holds any of the names runs each
+    row through its own adapter (``ComposableLayer.compose_rows``); the index tensors it needs are
+    made once per call and shared by every site (and every step of ``generate``)."""
+
+    parallel_channels = 1
+
+    def __init__(self, names):
+        self.names = tuple(None if n == NO_ADAPTER else n for n in names)
+        self._cache: dict = {}
+
+    def __repr__(self):
+        return f"Rows({', '.join(map(repr, self.names))})"
+
+    def __len__(self):
+        return len(self.names)
+
+    def flatten(self) -> list[str]:
+        """The adapters of the batch, in order of their first row, without repeats."""
+        return list(dict.fromkeys(n for n in self.names if n is not None))
+
+    def per_row(self, batch: int) -> tuple[str | None, ...]:
+        """The names for a batch of ``batch`` rows: ``generate`` with ``num_beams`` or
+        ``num_return_sequences`` k runs k rows per input row, next to each other."""
+        if batch == len(self.names):
+            return self.names
+        if batch % len(self.names):
+            raise AdapterConfigError(f"adapter_names has {len(self.names)} entries, but the batch has {batch} rows; "
+                                     "give one name per row")
+        return tuple(n for n in self.names for _ in range(batch // len(self.names)))
+
+    def groups(self, held, batch: int, device) -> dict[str, torch.Tensor]:
+        """The rows of each adapter in ``held`` (a site's): ``{name: row indices}``."""
+        key = ("groups", tuple(n for n in self.flatten() if n in held), batch, device)
+        if key not in self._cache:
+            names = self.per_row(batch)
+            self._cache[key] = {name: torch.tensor([i for i, n in enumerate(names) if n == name], device=device)
+                                for name in key[1]}
+        return self._cache[key]
+
+    def index(self, order: tuple[str, ...], batch: int, device) -> torch.Tensor:
+        """Each row's position in ``order`` (a site's stacked adapters); ``len(order)`` for a row
+        whose adapter is not among them (the stack's neutral slot)."""
+        key = ("index", order, batch, device)
+        if key not in self._cache:
+            position = {name: i for i, name in enumerate(order)}
+            self._cache[key] = torch.tensor([position.get(n, len(order)) for n in self.per_row(batch)], device=device)
+        return self._cache[key]
 
 
 @dataclass(frozen=True)
 class CallSetup:
-    """A setup and head chosen for some calls (or the model's default). A mixed batch's per-row
-    adapter names would be one more field here, read by the sites from the ``ForwardState``."""
+    """A setup and head chosen for some calls (or the model's default); a mixed batch's setup is
+    ``Rows``."""
 
-    setup: Block | None = None
+    setup: Block | Rows | None = None
     head: str | list | None = None
     skip_layers: frozenset = frozenset()  # AdapterDrop at inference: layers whose adapters are skipped
 
@@ -34,7 +90,7 @@ class CallSetup:
 class ForwardState:
     """One forward pass: what the adapter sites of each layer run."""
 
-    setup: Block | None
+    setup: Block | Rows | None
     names: frozenset  # the setup's adapter names
     skip_layers: frozenset
     drop_below: int  # AdapterDrop in training: this pass also skips the adapters of layers < drop_below
@@ -42,7 +98,7 @@ class ForwardState:
     stash: dict = field(default_factory=dict)  # what one hook of a site leaves for the next (e.g. the residual)
     token: Token | None = None  # resets the ContextVar when the pass ends
 
-    def setup_at(self, layer_idx: int, adapters) -> Block | None:
+    def setup_at(self, layer_idx: int, adapters) -> Block | Rows | None:
         """The setup, if it runs any of ``adapters`` (one site's) at this layer."""
         if self.setup is None or layer_idx in self.skip_layers or layer_idx < self.drop_below:
             return None

@@ -39,7 +39,7 @@ from . import registry
 from .backbone import load_pretrained
 from .composer import check_supported
 from .config import AdapterConfig, load_config
-from .context import AdapterContext, CallSetup
+from .context import NO_ADAPTER, AdapterContext, CallSetup, Rows
 from .summary import format_summary, summary_rows
 from .training import TrainingPolicy
 
@@ -512,28 +512,28 @@ class AdapterModel(nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, head=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, adapter_setup=None,
-                **kwargs) -> AdapterModelOutput:
+                adapter_names=None, **kwargs) -> AdapterModelOutput:
         """The backbone with the default setup (or ``adapter_setup``, for this call only), then
-        the active head (or ``head``)."""
+        the active head (or ``head``). ``adapter_names``: a mixed batch, one adapter per row
+        (``_forward_rows``)."""
+        if adapter_setup is not None and adapter_names is not None:
+            raise AdapterConfigError("give adapter_setup (one setup for the batch) or adapter_names (one adapter per "
+                                     "row), not both")
         if adapter_setup is not None:
             with self.adapter_setup(adapter_setup, head=head):
                 return self.forward(input_ids, attention_mask, token_type_ids, labels, None, inputs_embeds,
                                     start_positions, end_positions, **kwargs)
+        if adapter_names is not None:
+            if labels is not None or start_positions is not None or end_positions is not None:
+                raise AdapterConfigError("adapter_names (a mixed batch) is for inference; train on one setup per batch "
+                                         "(adapter_setup=... or set_active_adapters)")
+            return self._forward_rows(adapter_names, head, input_ids, attention_mask, token_type_ids, inputs_embeds,
+                                      **kwargs)
         if (labels is not None and self.family.kind == "encoder-decoder" and kwargs.get("decoder_input_ids") is None
                 and kwargs.get("decoder_inputs_embeds") is None):
             kwargs["decoder_input_ids"] = decoder_inputs(labels, self.config)  # teacher forcing, as transformers does
-        rows = input_ids if input_ids is not None else inputs_embeds
-        multiple_choice = rows is not None and rows.dim() == (3 if input_ids is not None else 4)
-        if multiple_choice:  # (batch, choices, seq) -> (batch * choices, seq)
-            flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None else None  # noqa: E731
-            input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
-            rows = input_ids
-        backbone_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
-        if token_type_ids is not None:
-            backbone_kwargs["token_type_ids"] = token_type_ids
-        outputs = self.backbone(**backbone_kwargs)
-        hidden = outputs[0]
-        pooled = getattr(outputs, "pooler_output", None)
+        rows, hidden, pooled, attention_mask = self._backbone_pass(input_ids, attention_mask, token_type_ids,
+                                                                   inputs_embeds, **kwargs)
         head = head if head is not None else self.context.call.head
         if head is None:
             return AdapterModelOutput(hidden_states=hidden)
@@ -578,6 +578,69 @@ class AdapterModel(nn.Module):
         return AdapterModelOutput(loss=torch.stack(losses).sum() if losses else None, logits=logits,
                                   hidden_states=hidden, head=heads)
 
+    def _backbone_pass(self, input_ids, attention_mask, token_type_ids, inputs_embeds, **kwargs):
+        """The backbone's pass: (the input rows, hidden states, pooled output, attention mask);
+        multiple-choice inputs (batch, choices, seq) run as batch * choices rows."""
+        rows = input_ids if input_ids is not None else inputs_embeds
+        multiple_choice = rows is not None and rows.dim() == (3 if input_ids is not None else 4)
+        if multiple_choice:  # (batch, choices, seq) -> (batch * choices, seq)
+            flat = lambda t: t.reshape(-1, t.shape[-1]) if t is not None else None  # noqa: E731
+            input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
+            rows = input_ids
+        backbone_kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs)
+        if token_type_ids is not None:
+            backbone_kwargs["token_type_ids"] = token_type_ids
+        outputs = self.backbone(**backbone_kwargs)
+        return rows, outputs[0], getattr(outputs, "pooler_output", None), attention_mask
+
+    def _forward_rows(self, adapter_names, head, input_ids, attention_mask, token_type_ids, inputs_embeds, **kwargs):
+        """A mixed batch: row i runs adapter ``adapter_names[i]`` (``None`` or ``"__base__"``: none)
+        and then the head named like it, else ``head`` (or the active one). ``logits[i]`` is row
+        i's: one tensor when every row has the same head, else a list with an entry per row
+        (``None`` for a row without a head); ``head`` lists each row's. The heads run once per
+        distinct head, on its rows."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        rows = self.rows_setup(adapter_names, batch)
+        fallback = head if head is not None else self.context.call.head
+        with self.context.using(CallSetup(rows)):
+            _, hidden, pooled, attention_mask = self._backbone_pass(input_ids, attention_mask, token_type_ids,
+                                                                    inputs_embeds, **kwargs)
+        heads = [n if n in self.heads else (fallback if isinstance(fallback, str) else None) for n in rows.names]
+        distinct = [h for h in dict.fromkeys(heads) if h is not None]
+        no_labels = dict(labels=None, start_positions=None, end_positions=None)
+        if len(distinct) == 1 and None not in heads:
+            return AdapterModelOutput(logits=self._head(distinct[0], hidden, pooled, attention_mask, no_labels).logits,
+                                      hidden_states=hidden, head=heads)
+        logits = [None] * batch
+        for name in distinct:
+            members = [i for i, h in enumerate(heads) if h == name]
+            idx = torch.tensor(members, device=hidden.device)
+            pick = lambda t: t.index_select(0, idx) if t is not None else None  # noqa: E731
+            part = self._head(name, pick(hidden), pick(pooled), pick(attention_mask), no_labels).logits
+            for j, i in enumerate(members):
+                logits[i] = tuple(p[j] for p in part) if isinstance(part, tuple) else part[j]
+        return AdapterModelOutput(logits=logits, hidden_states=hidden, head=heads)
+
+    def rows_setup(self, adapter_names, batch: int) -> Rows:
+        """``adapter_names`` checked: one per row, each loaded, of a method that runs mixed
+        batches, and no adapter merged into the weights (it would act on every row)."""
+        rows = Rows(adapter_names)
+        if len(rows) != batch:
+            raise AdapterConfigError(f"adapter_names has {len(rows)} entries for a batch of {batch} rows; give one "
+                                     f"name per row ({NO_ADAPTER!r} or None for a row without an adapter)")
+        for name in rows.flatten():
+            self._require_adapter(name)
+            method = self._method_of(name)
+            if not method.supports_rows:
+                able = [n for n, spec in registry.methods().items() if spec.method_class.supports_rows]
+                raise AdapterConfigError(f"{name!r} is a {method.name} adapter, which cannot run in a mixed batch; "
+                                         f"methods that can: {', '.join(able)}. Group its rows in a batch of their own")
+        merged = [n for method in self._methods.values() for n in method.merged()]
+        if merged:
+            raise AdapterConfigError(f"{', '.join(map(repr, merged))} is merged into the weights and would act on every "
+                                     "row of a mixed batch; call reset_adapter() first")
+        return rows
+
     def _head(self, name, hidden, pooled, attention_mask, label_kw):
         if name not in self.heads:
             raise AdapterNotFoundError(f"no head named {name!r} (heads: {', '.join(self.heads) or 'none'})")
@@ -585,11 +648,18 @@ class AdapterModel(nn.Module):
 
     # -- generation -----------------------------------------------------------------------
 
-    def generate(self, *args, **kwargs):
+    def generate(self, *args, adapter_names=None, **kwargs):
         """transformers' ``generate`` (greedy, sampling, beam search, KV cache) with the setup in
         force and the active ``causal_lm`` head. It runs a transformers ``*ForCausalLM`` made of
-        our backbone and that head, so generation is transformers' own forward and loop."""
-        return self._causal_lm(self.context.call.head).generate(*args, **kwargs)
+        our backbone and that head, so generation is transformers' own forward and loop.
+        ``adapter_names``: one adapter per prompt (a mixed batch; every row uses that head)."""
+        head = self.context.call.head
+        if adapter_names is None:
+            return self._causal_lm(head).generate(*args, **kwargs)
+        prompts = kwargs.get("input_ids", args[0] if args else None)
+        rows = self.rows_setup(adapter_names, prompts.shape[0] if prompts is not None else len(adapter_names))
+        with self.context.using(CallSetup(rows, head)):
+            return self._causal_lm(head).generate(*args, **kwargs)
 
     def _causal_lm(self, head) -> PreTrainedModel:
         """The transformers LM (``*ForCausalLM``, or ``*ForConditionalGeneration`` around a

@@ -24,6 +24,16 @@ from ..errors import AdapterConfigError
 ALL_BLOCKS = (Stack, Fuse, Split, Parallel, BatchSplit, Average)
 
 
+def rows_grouped(rows, held, out: torch.Tensor, run) -> torch.Tensor:
+    """A mixed batch one adapter at a time, for what no gathered pass covers: ``out`` (the
+    place's result without adapters, one row per batch row, a tensor of its own) gets the rows
+    of each adapter in ``held`` (the place's modules), in place, from ``run(name, rows)``: the
+    usual one-adapter path on just those rows."""
+    for name, idx in rows.groups(held, out.shape[0], out.device).items():
+        out.index_copy_(0, idx, run(name, idx))
+    return out
+
+
 def init_generator(seed: int | None) -> torch.Generator | None:
     """The generator for a config's ``init_weights_seed`` (AdapterHub's field): with a seed, every
     module of the adapter starts from the same draw; without, from torch's global state."""
@@ -64,6 +74,7 @@ class ComposableLayer(nn.Module):
         self.layer_idx = layer_idx
         self.context = context
         self.add_module(self.container, nn.ModuleDict())
+        self._stacks: dict = {}  # mixed batches: kind -> (what it was built from, stacked weights)
 
     @property
     def adapter_modules(self) -> nn.ModuleDict:
@@ -95,6 +106,24 @@ class ComposableLayer(nn.Module):
     def mean(self, state, children: list, weights: list[float]):
         raise NotImplementedError
 
+    # -- mixed batches (``forward(adapter_names=...)``): each row its own adapter -------------
+
+    def stacked(self, kind, names: tuple[str, ...], build):
+        """``build(names)``: the weights of these adapters stacked for a gathered pass (each row
+        picks its adapter's slice), kept until one of the adapters or its weights changes (a
+        training step or a load moves a parameter's version counter). With autograd on they are
+        built anew, so gradients reach the adapters' own parameters. The key holds the modules
+        themselves: a deleted adapter stays alive until the next rebuild, so no new module can
+        take its id."""
+        if torch.is_grad_enabled():
+            return build(names)
+        modules = self.adapter_modules
+        key = tuple((n, modules[n], tuple(p._version for p in modules[n].parameters())) for n in names)
+        cached = self._stacks.get(kind)
+        if cached is None or cached[0] != key:
+            cached = self._stacks[kind] = (key, build(names))
+        return cached[1]
+
 
 class Method:
     """One adapter method in one model: places its modules where the family spec says, finds
@@ -105,6 +134,7 @@ class Method:
     containers: ClassVar[tuple[str, ...]] = ("adapters",)  # key segments before an adapter's name
     can_merge: ClassVar[bool] = False
     combine_strategies: ClassVar[tuple[str, ...]] = ("linear",)  # average_adapter's (methods/averaging.py)
+    supports_rows: ClassVar[bool] = False  # runs mixed batches (its layers' sites handle ``Rows``)
 
     def __init__(self, host):
         self.host = host

@@ -17,8 +17,9 @@ import torch.nn as nn
 
 from ..core import composition as C
 from ..core.activation import Activation
+from ..core.context import Rows
 from ..errors import AdapterConfigError
-from .base import init_generator
+from .base import init_generator, rows_grouped
 from .bottleneck.config import BnConfig
 
 
@@ -134,6 +135,9 @@ class InvertibleAdapters(nn.ModuleDict):
         return self[setup.first()] if setup.first() in self else None
 
     def forward(self, hidden: torch.Tensor, rev: bool = False) -> torch.Tensor:
+        setup = self.context.state.setup
+        if isinstance(setup, Rows):  # a mixed batch: each row through its own adapter's block
+            return rows_grouped(setup, self, hidden.clone(), lambda name, idx: self[name](hidden[idx], rev=rev))
         block = self.active()
         return hidden if block is None else block(hidden, rev=rev)
 

@@ -29,12 +29,14 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...core import composer
 from ...core.activation import Activation
 from ...core.composition import Fuse, Stack
+from ...core.context import Rows
 from ...errors import AdapterConfigError
-from ..base import ComposableLayer, init_generator
+from ..base import ComposableLayer, init_generator, rows_grouped
 from .config import BnConfig
 from .phm import PHMLayer, PHMShared
 
@@ -179,6 +181,14 @@ def _drop_rows(t: torch.Tensor, p: float) -> torch.Tensor:
     return t * keep.div_(1.0 - p)
 
 
+def gather_kind(adapter: Bottleneck):
+    """What adapters must share to run in one gathered pass (``BottleneckLayer.compose_rows``):
+    ``fused_step``'s form, without the adapter's own LayerNorm, with the same first step and
+    non-linearity; ``None`` for an adapter that runs on its own."""
+    c = adapter.config
+    return (bool(c.original_ln_before), c.non_linearity) if adapter.fusable and not c.ln_before else None
+
+
 class State(NamedTuple):
     """What flows through a composition at one site."""
 
@@ -216,14 +226,71 @@ class BottleneckLayer(ComposableLayer):
         setup = self.active_setup(state)
         if setup is None:
             return None
+        if isinstance(setup, Rows):
+            return self.compose_rows(setup, h, x, hx, layer_norm)
         if self.replicates_locally:
             h, x, hx = self._replicate_for_parallel(state, setup, h, x, hx)
-        if isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str) and hx is not None:
-            adapter = self.adapters[setup[0]]
-            if adapter.fusable:
-                return adapter.fused_step(h, hx, layer_norm)  # the common case: one adapter
+        return self._run(setup, h, x, hx, layer_norm)
+
+    def _run(self, setup, h, x, hx, layer_norm):
+        single = setup[0] if isinstance(setup, Stack) and len(setup) == 1 else setup
+        if isinstance(single, str) and hx is not None and self.adapters[single].fusable:
+            return self.adapters[single].fused_step(h, hx, layer_norm)  # the common case: one adapter
         out = composer.compose(self, setup, State(h, x, x, h, layer_norm, hx=hx))
         return out.hidden if out.final else self._post(out)
+
+    # -- mixed batches ---------------------------------------------------------------------
+
+    def compose_rows(self, rows: Rows, h, x, hx, layer_norm):
+        """Each row through its own adapter. When the batch's adapters here are all of one kind
+        of ``fused_step`` (pfeiffer, houlsby: ``gather_kind``), one gathered pass runs them all:
+        their weights stacked once (``stacked``), each row's slice picked by index, one
+        ``baddbmm`` per projection; a row without an adapter here picks a zero slot and gets the
+        bare site. Other adapters run one group of rows at a time."""
+        names = [n for n in rows.flatten() if n in self.adapters]
+        kinds = {gather_kind(self.adapters[n]) for n in names}
+        if len(kinds) == 1 and None not in kinds:
+            return self._gathered(rows, kinds.pop(), h, x, hx, layer_norm)
+        bare = layer_norm(hx) if hx is not None else h.clone()  # post-LN: the site as unhooked; pre-LN: the add's h
+
+        def run(name, idx):
+            part = [t.index_select(0, idx) if t is not None else None for t in (h, x, hx)]
+            return self._run(name, *part, layer_norm)
+
+        return rows_grouped(rows, self.adapters, bare, run)
+
+    def _gathered(self, rows: Rows, kind, h, x, hx, layer_norm):
+        """``fused_step`` with each row's own weights: ``LN(hx + up(act(down(a))))`` at a post-LN
+        site, ``h + up(act(down(a)))`` at a pre-LN one (the model adds ``x``), where ``a`` is
+        ``LN(hx)`` (or ``h + x``) when the kind normalizes first, else ``h``."""
+        names = tuple(n for n, adapter in self.adapters.items() if gather_kind(adapter) == kind)
+        down, down_bias, up = self.stacked(kind, names, self._stack)
+        idx = rows.index(names, h.shape[0], h.device)
+        normalize_first, _ = kind
+        if not normalize_first:
+            a = h
+        else:
+            a = layer_norm(hx) if hx is not None else h + x
+        act = self.adapters[names[0]].adapter_down[-1]
+        d = act(torch.baddbmm(down_bias[idx].unsqueeze(1), a, down[idx]))
+        d = torch.cat([d, d.new_ones(*d.shape[:-1], 1)], dim=-1)  # the up-projection's bias rides on it
+        if hx is None:
+            return torch.baddbmm(h, d, up[idx])
+        out = torch.baddbmm(hx, d, up[idx]) if torch.is_grad_enabled() else hx.baddbmm_(d, up[idx])
+        return layer_norm(out)
+
+    def _stack(self, names: tuple[str, ...]):
+        """Down (N+1, hidden, r), its bias (N+1, r) and up with its bias as a last row
+        (N+1, r+1, hidden), bottlenecks padded with zeros to the largest; slot N is all zeros."""
+        adapters = [self.adapters[n] for n in names]
+        r = max(a.adapter_up.in_features for a in adapters)
+        downs, biases, ups = [], [], []
+        for a in adapters:
+            lin, pad = a.adapter_down[-2], r - a.adapter_up.in_features
+            downs.append(F.pad(lin.weight.t(), (0, pad)))
+            biases.append(F.pad(lin.bias, (0, pad)))
+            ups.append(torch.cat([F.pad(a.adapter_up.weight.t(), (0, 0, 0, pad)), a.adapter_up.bias[None]]))
+        return tuple(torch.stack([*parts, torch.zeros_like(parts[0])]) for parts in (downs, biases, ups))
 
     def _post(self, state: State) -> torch.Tensor:
         """The site's output: the last adapter's post step, or the bare site where none ran."""

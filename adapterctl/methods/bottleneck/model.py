@@ -23,6 +23,7 @@ class BottleneckMethod(Method):
     name = "bottleneck"
     supported_blocks = ALL_BLOCKS
     containers = ("adapters", "invertible_adapters", SHARED)
+    supports_rows = True
 
     def add(self, name: str, config: BnConfig) -> None:
         host = self.host

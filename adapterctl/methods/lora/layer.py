@@ -27,9 +27,10 @@ from transformers.pytorch_utils import Conv1D
 
 from ...core import composer
 from ...core.composition import Stack
+from ...core.context import Rows
 from ...errors import AdapterConfigError
 from ...families.hooks import attach_projection
-from ..base import ComposableLayer, init_generator
+from ..base import ComposableLayer, init_generator, rows_grouped
 from .config import LoRAConfig
 
 
@@ -267,6 +268,13 @@ def _gate_value(gate: nn.Linear, layer_input: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(gate(layer_input)).mean(dim=1).unsqueeze(-1)
 
 
+def _gatherable(module: LowRank | IA3) -> bool:
+    """Whether a mixed batch can run it in the gathered pass: a plain LoRA (no gate, no DoRA;
+    VeRA is not a ``LoRA``) or an ungated IA3, and no dropout now. The rest run grouped."""
+    dropping = isinstance(getattr(module, "dropout", None), nn.Dropout) and module.training
+    return isinstance(module, (LoRA, IA3)) and module.plain and not dropping
+
+
 class LoRAState(NamedTuple):
     """What flows through a composition at one projection (AdapterHub's ``LoRAState``)."""
 
@@ -295,8 +303,14 @@ class LoRALayer(ComposableLayer):
         setup = self.active_setup(state)
         if setup is None:
             return None
-        if isinstance(setup, Stack) and len(setup) == 1 and isinstance(setup[0], str):
-            return self._single(self.loras[setup[0]], x, out)
+        if isinstance(setup, Rows):
+            return self.compose_rows(setup, x, out)
+        return self._run(setup, x, out)
+
+    def _run(self, setup, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        single = setup[0] if isinstance(setup, Stack) and len(setup) == 1 else setup
+        if isinstance(single, str):
+            return self._single(self.loras[single], x, out)
         final = composer.compose(self, setup, LoRAState(x, None, out, None))
         return self.loras[final.last].combine(out, final.hidden, self.linear) if final.last is not None else None
 
@@ -314,6 +328,52 @@ class LoRALayer(ComposableLayer):
         up = (lora.up() * lora.scaling).t()
         flat = out.reshape(-1, out.shape[-1])
         return (torch.addmm(flat, down, up) if grad else flat.addmm_(down, up)).view_as(out)
+
+    # -- mixed batches ---------------------------------------------------------------------
+
+    def compose_rows(self, rows: Rows, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Each row through its own adapter. Without gates and dropout, one gathered pass runs
+        them all: LoRA's A and B (scaled) and IA3's vectors stacked once (``stacked``), each
+        row's slice picked by index, one ``bmm`` and one ``baddbmm`` for the LoRA rows and one
+        multiply for the IA3 rows; a row without an adapter here picks the neutral slot (zero
+        update, unit scale). Gated or dropping adapters run one group of rows at a time."""
+        names = [n for n in rows.flatten() if n in self.loras]
+        if x.dim() != 3 or not all(_gatherable(self.loras[n]) for n in names):
+            return rows_grouped(rows, self.loras, out, lambda n, idx: self._run(n, x[idx], out[idx]))
+        stacked = tuple(n for n, m in self.loras.items() if _gatherable(m))
+        a, b, scale = self.stacked("rows", stacked, self._stack)
+        idx = rows.index(stacked, out.shape[0], out.device)
+        grad = torch.is_grad_enabled()
+        if any(isinstance(self.loras[n], IA3) for n in names):
+            factor = scale[idx].unsqueeze(1)
+            out = out * factor if grad else out.mul_(factor)
+        if any(isinstance(self.loras[n], LoRA) for n in names):
+            down = torch.bmm(x, a[idx])
+            out = torch.baddbmm(out, down, b[idx]) if grad else out.baddbmm_(down, b[idx])
+        return out
+
+    def _stack(self, names: tuple[str, ...]):
+        """LoRA's A^T (N+1, in, r) and (alpha / r * B)^T (N+1, r, out), ranks padded with zeros
+        to the largest, and the output scale (N+1, out): IA3's ``alpha * b``, 1 for LoRA; slot N
+        is neutral."""
+        modules = [self.loras[n] for n in names]
+        r = max((m.lora_A.shape[0] for m in modules if isinstance(m, LoRA)), default=1)
+        ref = next(iter(self.loras.values())).lora_B
+        in_features, out_features = features(self.linear)
+        a0, b0 = ref.new_zeros(in_features, r), ref.new_zeros(r, out_features)
+        ones = ref.new_ones(out_features)
+        a, b, scale = [], [], []
+        for m in modules:  # up() and vector(): over the whole output, also on a fused projection
+            if isinstance(m, LoRA):
+                pad = r - m.lora_A.shape[0]
+                a.append(F.pad(m.lora_A.t(), (0, pad)))
+                b.append(F.pad((m.up() * m.scaling).t(), (0, 0, 0, pad)))
+                scale.append(ones)
+            else:
+                a.append(a0)
+                b.append(b0)
+                scale.append(m.vector() * m.scaling)
+        return torch.stack([*a, a0]), torch.stack([*b, b0]), torch.stack([*scale, ones])
 
     # -- the composer's operations ---------------------------------------------------------
 

@@ -23,6 +23,7 @@ class LoRAMethod(Method):
     containers = ("loras", "shared_parameters")
     can_merge = True
     combine_strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+    supports_rows = True
 
     def add(self, name: str, config: LoRAConfig) -> None:
         host = self.host
