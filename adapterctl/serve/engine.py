@@ -66,19 +66,10 @@ def pad(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def mixed_logits(model: AdapterModel, rows: list[Row], pad_id: int) -> list[torch.Tensor]:
-    """Each row's logits from its own adapter and head (token-level logits cut to the row's
-    length): the one place where a mixed batch runs. Until the core runs an adapter per row
-    (issue 16, phase B), the rows are grouped by adapter, one pass per group."""
-    out: list[torch.Tensor | None] = [None] * len(rows)
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row.adapter, []).append(i)
-    for name, members in groups.items():
-        model.set_active_adapters(name)
-        logits = model(**pad([rows[i] for i in members], pad_id), head=name).logits
-        for j, i in enumerate(members):
-            out[i] = logits[j, :len(rows[i].input_ids)] if logits.dim() == 3 else logits[j]
-    return out
+    """Each row's logits from its own adapter and head, in one mixed batch (token-level logits
+    cut to the row's length): the one place where the server runs the model."""
+    out = model(**pad(rows, pad_id), adapter_names=[row.adapter for row in rows])
+    return [logits[:len(row.input_ids)] if logits.dim() == 2 else logits for logits, row in zip(out.logits, rows)]
 
 
 def prediction(head, logits: torch.Tensor, tokens: list[str] | None = None, special: list[int] | None = None) -> dict:
