@@ -1,5 +1,5 @@
-"""The HTTP API (FastAPI): predictions from any loaded adapter, adapters loaded and unloaded
-while serving, health and Prometheus metrics.
+"""The HTTP API (FastAPI): predictions and generations from any loaded adapter, adapters loaded
+and unloaded while serving, health and Prometheus metrics.
 
 Every error is JSON, ``{"error": {"status", "type", "message"}}`` (plus ``adapters``, the loaded
 ones, on a 404 for an adapter), and leaves the server up. A client that leaves before its
@@ -9,6 +9,7 @@ answer has its queued rows dropped.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..errors import AdapterError, AdapterNotFoundError, CorruptFileError, IncompatibleAdapterError
 from ..hub.errors import AmbiguousAdapterError, DownloadError
@@ -34,6 +35,15 @@ class PredictItem(BaseModel):
     adapter: str
     text: str | list[str]
     text_pair: str | list[str] | None = None  # for pair tasks (NLI, paraphrase): one per text
+
+
+class GenerateRequest(BaseModel):
+    adapter: str | None = None  # None: the bare backbone
+    prompt: str
+    max_new_tokens: int | None = None  # default: 64, or the server's max_new_tokens if lower
+    temperature: float = Field(0.0, ge=0.0)  # 0: greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stream: bool = True  # server-sent events as the text comes; false: one JSON answer at the end
 
 
 class LoadRequest(BaseModel):
@@ -164,6 +174,47 @@ def create_app(engine: Engine, max_batch: int = 32, batch_window_ms: float = 5.0
             raise RequestTooLargeError(f"{len(rows)} texts in one request; send at most {engine.max_texts} "
                                        "(the server's max_texts) per request")
         return {"predictions": await answer(request, batcher.submit(rows), metrics)}
+
+    @app.post("/v1/generate")
+    async def generate(body: GenerateRequest, request: Request):
+        """The prompt continued by the adapter: server-sent events ``data: {"text": ...}`` as text
+        comes, then ``data: {"done": true, "text", "tokens", "finish_reason"}``; or, with
+        ``"stream": false``, that last object alone."""
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        job = engine.prompt(body.adapter, body.prompt, body.max_new_tokens, body.temperature, body.top_p,
+                            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        future = batcher.submit_generation(job)
+
+        async def stream():
+            done = False
+            try:
+                while not (event := await events.get()).get("done"):
+                    yield f"data: {json.dumps(event)}\n\n"
+                done = True
+                yield f"data: {json.dumps({'adapter': body.adapter, **event})}\n\n"
+            finally:
+                if not done:  # the client left: stop its row, or drop it if still queued
+                    job.cancelled = True
+                    future.cancel()
+                    metrics.disconnects.inc()
+
+        if body.stream:
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        async def last_event():
+            while not (event := await events.get()).get("done"):
+                pass
+            return event
+
+        try:
+            [event] = await answer(request, [asyncio.ensure_future(last_event())], metrics)
+        except ClientGone:
+            job.cancelled = True
+            future.cancel()
+            raise
+        if "error" in event:
+            return error_response(500, event["error"]["message"], event["error"]["type"])
+        return {"adapter": body.adapter, **event}
 
     return app
 

@@ -1,10 +1,11 @@
 """Dynamic batching: rows that arrive within ``window_s`` of the oldest waiting row, up to
-``max_batch`` of them, run as one mixed batch.
+``max_batch`` of them, run as one mixed batch; so do generations (prompts), in batches of their
+own that share a head and sampling settings.
 
 The model lives on one worker thread: batches, and the loads and unloads of adapters (``call``),
 run there one after another, so a load never changes the model under a running batch, and the
 event loop keeps accepting requests while the model works. Rows queue while a batch runs; when
-it ends, rows that have already waited a whole window go at once.
+it ends, rows that have already waited a whole window go at once, the older kind first.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .engine import Engine, Row
+from .generation import Generation
 from .metrics import Metrics
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiting:
-    row: Row
+    row: Row | Generation
     future: asyncio.Future
     arrived: float
 
@@ -33,6 +35,7 @@ class Batcher:
         self.window_s = window_s
         self.metrics = metrics or Metrics()
         self._waiting: collections.deque[_Waiting] = collections.deque()
+        self._generations: collections.deque[_Waiting] = collections.deque()
         self._arrived = asyncio.Event()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="adapterctl-model")
         self._task: asyncio.Task | None = None
@@ -56,6 +59,16 @@ class Batcher:
         self._arrived.set()
         return futures
 
+    def submit_generation(self, job: Generation) -> asyncio.Future:
+        """Queue a generation; its future ends when it has (its text goes through ``job.emit``).
+        Cancelling the future drops the job if its batch has not started; ``job.cancelled``
+        stops it in a running batch."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._generations.append(_Waiting(job, future, loop.time()))
+        self._arrived.set()
+        return future
+
     async def call(self, fn, *args):
         """Run ``fn(*args)`` on the model's thread, in turn with the batches."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -64,27 +77,56 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             self._drop_cancelled()
-            if not self._waiting:
+            if not self._waiting and not self._generations:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            deadline = self._waiting[0].arrived + self.window_s
-            while len(self._waiting) < self.max_batch and (left := deadline - loop.time()) > 0:
+            deadline = min(q[0].arrived for q in (self._waiting, self._generations) if q) + self.window_s
+            while (max(len(self._waiting), len(self._generations)) < self.max_batch
+                   and (left := deadline - loop.time()) > 0):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
             self._drop_cancelled()
-            batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-            if batch:
+            if self._waiting and (not self._generations or self._waiting[0].arrived <= self._generations[0].arrived):
+                batch = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
                 await self._run(batch, loop.time())
+            elif self._generations:
+                await self._run_generations(self._take_generations())
 
     def _drop_cancelled(self) -> None:
-        kept = [w for w in self._waiting if not w.future.cancelled()]
-        if len(kept) != len(self._waiting):
-            self.metrics.cancelled.inc(len(self._waiting) - len(kept))
-            self._waiting = collections.deque(kept)
+        for name in ("_waiting", "_generations"):
+            queue = getattr(self, name)
+            kept = [w for w in queue if not w.future.cancelled()]
+            if len(kept) != len(queue):
+                self.metrics.cancelled.inc(len(queue) - len(kept))
+                setattr(self, name, collections.deque(kept))
+
+    def _take_generations(self) -> list[_Waiting]:
+        """The oldest generation and those waiting that share its key, up to ``max_batch``."""
+        key = self._generations[0].row.key
+        batch = [w for w in self._generations if w.row.key == key][:self.max_batch]
+        self._generations = collections.deque(w for w in self._generations if w not in batch)
+        return batch
+
+    async def _run_generations(self, batch: list[_Waiting]) -> None:
+        m = self.metrics
+        m.batch_rows.observe(len(batch))
+        m.batch_adapters.observe(len({w.row.adapter for w in batch}))
+        start = time.perf_counter()
+        try:
+            await self.call(self.engine.generate, [w.row for w in batch])
+        except Exception as error:  # noqa: BLE001 - a failed batch fails its generations, not the server
+            for w in batch:
+                if w.row.finish is None:
+                    w.row.fail(error)
+        m.batch_seconds.observe(time.perf_counter() - start)
+        m.generated_tokens.inc(sum(len(w.row.tokens) for w in batch))
+        for w in batch:
+            if not w.future.done():
+                w.future.set_result(None)
 
     async def _run(self, batch: list[_Waiting], now: float) -> None:
         m = self.metrics

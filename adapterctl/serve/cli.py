@@ -25,7 +25,8 @@ def engine_from(cfg: DictConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, tokenizer = load_backbone(cfg.backbone.path)
-    engine = Engine(model, tokenizer, max_length=cfg.max_length, max_texts=cfg.max_texts)
+    engine = Engine(model, tokenizer, max_length=cfg.max_length, max_texts=cfg.max_texts,
+                    max_new_tokens=cfg.max_new_tokens)
     for i, (name, spec) in enumerate(specs.items() if named else [(None, s) for s in specs]):
         path = engine.locate(str(spec))
         engine.load(path, name if named else name_for(model, path, i), str(spec))

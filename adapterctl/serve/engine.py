@@ -1,9 +1,10 @@
 """The model side of the server: one backbone, many adapters (each with its head), and the mixed
 batch that answers rows for different adapters together.
 
-Only the batcher's one worker thread calls ``predict``, ``load`` and ``unload``, so the model is
-never changed while a batch runs. ``encode`` (tokenizing, limits) runs on the event loop and
-``locate`` (finding and downloading an adapter) on a helper thread: neither touches the model.
+Only the batcher's one worker thread calls ``predict``, ``generate``, ``load`` and ``unload``, so
+the model is never changed while a batch runs. ``encode`` and ``prompt`` (tokenizing, limits) run
+on the event loop and ``locate`` (finding and downloading an adapter) on a helper thread: neither
+touches the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ..formats.adapterhub import ADAPTER_CONFIG, HEAD_CONFIG
 from ..formats.files import read_json
 from ..run.build import adapter_source
 from ..run.predict import label_scores as classification_prediction
+from . import generation
 from .errors import AdapterNameTakenError, RequestTooLargeError, UnservableAdapterError
+from .generation import Generation
 
 # head type -> what /v1/predict returns for it (see ``prediction``)
 PREDICT_HEADS = ("classification", "multilabel_classification", "tagging")
@@ -91,7 +94,8 @@ def prediction(head, logits: torch.Tensor, tokens: list[str] | None = None, spec
 class Engine:
     """The served model: adapters by name, the limits on inputs, and the mixed batch."""
 
-    def __init__(self, model: AdapterModel, tokenizer, max_length: int = 512, max_texts: int = 256):
+    def __init__(self, model: AdapterModel, tokenizer, max_length: int = 512, max_texts: int = 256,
+                 max_new_tokens: int = 256):
         positions = getattr(model.config, "max_position_embeddings", None)
         if positions and max_length > positions:
             raise AdapterError(f"max_length={max_length} is over the backbone's {positions} positions; "
@@ -100,6 +104,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_texts = max_texts
+        self.max_new_tokens = max_new_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.adapters: dict[str, LoadedAdapter] = {}
 
@@ -119,7 +124,9 @@ class Engine:
     def encode(self, adapter: str, texts: list[str], pairs: list[str] | None = None) -> list[Row]:
         """Rows for ``texts`` (and their ``pairs``); a text over ``max_length`` tokens is refused,
         not cut: a truncated text would get another answer without saying so."""
-        self.require(adapter)
+        if self.require(adapter).head not in PREDICT_HEADS:
+            raise UnservableAdapterError(f"adapter {adapter!r} has a {self.adapters[adapter].head} head: it answers "
+                                         "POST /v1/generate")
         if len(texts) > self.max_texts:
             raise RequestTooLargeError(f"{len(texts)} texts in one request; send at most {self.max_texts} "
                                        "(the server's max_texts) per request")
@@ -136,6 +143,28 @@ class Engine:
             rows.append(Row(adapter, ids, types, enc["special_tokens_mask"][i]))
         return rows
 
+    def prompt(self, adapter: str | None, text: str, max_new_tokens: int | None = None, temperature: float = 0.0,
+               top_p: float = 1.0, emit=None) -> Generation:
+        """A generation of ``text`` continued by ``adapter`` (None: the bare backbone), of at most
+        ``max_new_tokens`` (default 64, or the server's limit if lower)."""
+        max_new_tokens = min(64, self.max_new_tokens) if max_new_tokens is None else max_new_tokens
+        if adapter is not None and self.require(adapter).head != "causal_lm":
+            raise UnservableAdapterError(f"adapter {adapter!r} has a {self.adapters[adapter].head} head: it answers "
+                                         "POST /v1/predict; /v1/generate needs a causal_lm head")
+        head = self.lm_head(adapter)
+        if head is None:
+            raise UnservableAdapterError(f"the backbone ({self.model.config.model_type}) has no causal_lm head to "
+                                         "generate with; serve a *ForCausalLM checkpoint")
+        if not 1 <= max_new_tokens <= self.max_new_tokens:
+            raise AdapterConfigError(f"max_new_tokens={max_new_tokens}; give 1 to {self.max_new_tokens} (the server's "
+                                     "max_new_tokens)")
+        ids = self.tokenizer(text)["input_ids"]
+        if len(ids) + max_new_tokens > self.max_length:
+            raise RequestTooLargeError(f"the prompt is {len(ids)} tokens long and max_new_tokens={max_new_tokens}, "
+                                       f"over the limit of {self.max_length} in all; shorten the prompt or ask for fewer "
+                                       "tokens (the server's max_length sets the limit)")
+        return Generation(adapter, head, ids, max_new_tokens, temperature, top_p, emit)
+
     # -- on a helper thread ---------------------------------------------------------------
 
     def locate(self, spec: str, **want) -> Path:
@@ -150,27 +179,37 @@ class Engine:
     # -- on the model's thread ------------------------------------------------------------
 
     def load(self, path: Path, name: str | None = None, source: str | None = None) -> LoadedAdapter:
-        """Load an adapter folder with its head; the head must be one ``/v1/predict`` answers with."""
+        """Load an adapter folder with its head, one that ``/v1/predict`` answers with or a
+        ``causal_lm`` head; without a head, on a backbone whose own causal_lm head it then uses."""
         path = Path(path)
         saved = read_json(path / ADAPTER_CONFIG)
         name = name or saved.get("name") or path.name
         if name in self.adapters:
             raise AdapterNameTakenError(f"an adapter named {name!r} is already loaded; give another name or unload it "
                                         f"first (DELETE /v1/adapters/{name})")
-        if not (path / HEAD_CONFIG).is_file():
-            raise UnservableAdapterError(f"{path} has no prediction head ({HEAD_CONFIG}); the server "
-                                         "answers with an adapter's head: save the adapter with its head")
-        head_type = read_json(path / HEAD_CONFIG).get("config", {}).get("head_type")
-        if head_type not in PREDICT_HEADS:
+        head_file = path / HEAD_CONFIG
+        head_type = read_json(head_file).get("config", {}).get("head_type") if head_file.is_file() else None
+        if head_type is None and self.lm_head(None) is None:
+            raise UnservableAdapterError(f"{path} has no prediction head ({HEAD_CONFIG}), and the backbone has no "
+                                         "causal_lm head to generate with; save the adapter with its head")
+        if head_type not in (*PREDICT_HEADS, "causal_lm", None):
             raise UnservableAdapterError(f"{path} has a {head_type} head; the server answers with "
-                                         f"{', '.join(PREDICT_HEADS)} heads")
+                                         f"{', '.join(PREDICT_HEADS)} heads (/v1/predict) and causal_lm ones (/v1/generate)")
         self.model.load_adapter(path, load_as=name)
-        head = self.model.heads[name]
+        head = self.model.heads[name] if name in self.model.heads else None
         summary = next(r for r in self.model.adapter_summary(as_dict=True) if r["name"] == name)
-        labels = [head.id2label[i] for i in sorted(head.id2label)] if head.id2label else None
-        self.adapters[name] = LoadedAdapter(name, str(source or path), head_type, labels, summary["method"],
-                                            summary["params"])
+        labels = [head.id2label[i] for i in sorted(head.id2label)] if head is not None and head.id2label else None
+        self.adapters[name] = LoadedAdapter(name, str(source or path), head_type or "causal_lm", labels,
+                                            summary["method"], summary["params"])
         return self.adapters[name]
+
+    def lm_head(self, adapter: str | None) -> str | None:
+        """The causal_lm head a generation with ``adapter`` runs with: its own, else the backbone's."""
+        heads = self.model.heads
+        for name in (adapter, "default"):
+            if name in heads and heads[name].config["head_type"] == "causal_lm":
+                return name
+        return None
 
     def unload(self, name: str) -> None:
         self.require(name)
@@ -178,6 +217,21 @@ class Engine:
         if name in self.model.heads:
             self.model.delete_head(name)
         del self.adapters[name]
+
+    @torch.inference_mode()
+    def generate(self, jobs: list[Generation]) -> None:
+        """One batch of generations (sharing a head and sampling settings); a job whose adapter
+        was unloaded after it was queued fails alone."""
+        live = []
+        for job in jobs:
+            try:
+                if job.adapter is not None:
+                    self.require(job.adapter)
+                live.append(job)
+            except AdapterNotFoundError as e:
+                job.fail(e)
+        if live:
+            generation.generate(self.model, self.tokenizer, live, self.pad_id)
 
     @torch.inference_mode()
     def predict(self, rows: list[Row]) -> list[dict | AdapterError]:

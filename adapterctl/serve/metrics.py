@@ -27,6 +27,8 @@ class Metrics:
                                  registry=r)
         self.disconnects = Counter("adapterctl_client_disconnects", "requests whose client left before the answer",
                                    registry=r)
+        self.generated_tokens = Counter("adapterctl_generated_tokens", "tokens generated (POST /v1/generate)",
+                                        registry=r)
         self.adapters = Gauge("adapterctl_adapters_loaded", "adapters loaded", registry=r)
 
     def render(self) -> tuple[bytes, str]:
