@@ -71,7 +71,8 @@ def peft_model(ours: AdapterModel, names: list[str]):
     with torch.no_grad():
         for key, p in ours.named_parameters():
             if ".loras." in key:  # bert.encoder.layer.0.attention.self.query.loras.<name>.lora_A
-                site, name, matrix = key.removeprefix("bert.").rsplit(".", 3)[0].replace(".loras", ""), *key.rsplit(".", 2)[1:]
+                site, rest = key.removeprefix("bert.").split(".loras.")
+                name, matrix = rest.split(".")
                 theirs[f"base_model.model.{site}.{matrix}.{name}.weight"].copy_(p)
     return model.eval()
 
@@ -91,7 +92,8 @@ def main() -> None:
     peft = peft_model(lo, names)
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    groups = {n: {k: v[[i for i, r in enumerate(rows) if r == n]] for k, v in batch.items()} for n in dict.fromkeys(rows)}
+    groups = {n: {k: v[[i for i, r in enumerate(rows) if r == n]] for k, v in batch.items()}
+              for n in dict.fromkeys(rows)}
     pf.set_active_adapters(names[0])
 
     sides = {

@@ -637,8 +637,8 @@ class AdapterModel(nn.Module):
                                          f"methods that can: {', '.join(able)}. Group its rows in a batch of their own")
         merged = [n for method in self._methods.values() for n in method.merged()]
         if merged:
-            raise AdapterConfigError(f"{', '.join(map(repr, merged))} is merged into the weights and would act on every "
-                                     "row of a mixed batch; call reset_adapter() first")
+            raise AdapterConfigError(f"{', '.join(map(repr, merged))} is merged into the weights and would act on "
+                                     "every row of a mixed batch; call reset_adapter() first")
         return rows
 
     def _head(self, name, hidden, pooled, attention_mask, label_kw):

@@ -161,8 +161,8 @@ class Engine:
         ids = self.tokenizer(text)["input_ids"]
         if len(ids) + max_new_tokens > self.max_length:
             raise RequestTooLargeError(f"the prompt is {len(ids)} tokens long and max_new_tokens={max_new_tokens}, "
-                                       f"over the limit of {self.max_length} in all; shorten the prompt or ask for fewer "
-                                       "tokens (the server's max_length sets the limit)")
+                                       f"over the limit of {self.max_length} in all; shorten the prompt or ask for "
+                                       "fewer tokens (the server's max_length sets the limit)")
         return Generation(adapter, head, ids, max_new_tokens, temperature, top_p, emit)
 
     # -- on a helper thread ---------------------------------------------------------------
@@ -194,7 +194,8 @@ class Engine:
                                          "causal_lm head to generate with; save the adapter with its head")
         if head_type not in (*PREDICT_HEADS, "causal_lm", None):
             raise UnservableAdapterError(f"{path} has a {head_type} head; the server answers with "
-                                         f"{', '.join(PREDICT_HEADS)} heads (/v1/predict) and causal_lm ones (/v1/generate)")
+                                         f"{', '.join(PREDICT_HEADS)} heads (/v1/predict) and causal_lm ones "
+                                         "(/v1/generate)")
         self.model.load_adapter(path, load_as=name)
         head = self.model.heads[name] if name in self.model.heads else None
         summary = next(r for r in self.model.adapter_summary(as_dict=True) if r["name"] == name)
