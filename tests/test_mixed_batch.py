@@ -96,6 +96,37 @@ def test_adapters_that_cannot_gather_run_in_groups(family):
     assert_rows_equal_alone(model, padded(len(rows)), rows, trim=False)  # a gate averages over the padding too
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_one_batch_mixes_tasks_each_row_with_its_own_head(family, no_grouping):
+    """A sentence row, a tagging row and a question-answering row in one batch: each gets its
+    own head's answer (a label per sentence, a label per token, a start and an end per token)."""
+    model = tiny_llama() if family == "llama" else tiny_model(family)
+    for i, (name, config, head, kw) in enumerate([("cls", "pfeiffer", "classification", {"num_labels": 3}),
+                                                  ("tag", "lora", "tagging", {"num_labels": 5}),
+                                                  ("qa", "pfeiffer", "question_answering", {})]):
+        model.add_adapter(name, config)
+        model.add_head(name, head, **kw)
+        perturb(model, f".{name}.", std=0.2, seed=i)
+    model.eval()
+    inputs, rows = padded(5), ["tag", "cls", "qa", "tag", "cls"]
+    with torch.no_grad():
+        mixed = model(**inputs, adapter_names=rows)
+        assert mixed.head == rows
+        for i, name in enumerate(rows):
+            n = int(inputs["attention_mask"][i].sum())
+            alone = model(**{k: v[i:i + 1, :n] for k, v in inputs.items()}, adapter_setup=name).logits
+            if name == "cls":
+                assert mixed.logits[i].shape == (3,)
+                torch.testing.assert_close(mixed.logits[i], alone[0], atol=TOL, rtol=0)
+            elif name == "tag":
+                assert mixed.logits[i].shape == (11, 5)  # every position of the padded row
+                torch.testing.assert_close(mixed.logits[i][:n], alone[0], atol=TOL, rtol=0)
+            else:
+                start, end = mixed.logits[i]
+                torch.testing.assert_close(start[:n], alone[0][0], atol=TOL, rtol=0)
+                torch.testing.assert_close(end[:n], alone[1][0], atol=TOL, rtol=0)
+
+
 def test_the_call_head_serves_rows_whose_adapter_has_none():
     model = build("bert", {"a": ("pfeiffer", {}), "b": ("lora", {})}, heads=False)
     model.add_head("shared", "classification", num_labels=3)
