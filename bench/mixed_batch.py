@@ -159,8 +159,9 @@ def main() -> None:
         times = timed_rounds(sides_for(n, batch, names, pf, lo, peft), args.warmup, args.rounds)
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
         print(f"{n:>2} adapters: {', '.join(f'{k} {statistics.median(v):.3f}' for k, v in times.items())}")
-        line = (f"   mixed / one {ratio('mixed', 'one'):.3f}x (<= 1.15x) | groups / mixed {ratio('groups', 'mixed'):.2f}x"
-                f" | loop / mixed {ratio('loop', 'mixed'):.2f}x | lora-loop / lora {ratio('lora-loop', 'lora'):.2f}x")
+        line = (f"   mixed / one {ratio('mixed', 'one'):.3f}x (<= 1.15x)"
+                f" | groups / mixed {ratio('groups', 'mixed'):.2f}x | loop / mixed {ratio('loop', 'mixed'):.2f}x"
+                f" | lora-loop / lora {ratio('lora-loop', 'lora'):.2f}x")
         if peft is not None:
             line += f" | peft / lora {ratio('peft', 'lora'):.2f}x (> 1: ours faster)"
         print(line)
