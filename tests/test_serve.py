@@ -116,15 +116,19 @@ def test_predictions_equal_the_library(setup, server):
 
 
 def test_tagging_heads_answer_a_label_per_word_piece(setup, server):
+    """A tagging row and a classification row in one request (one batch), each with its head."""
     backbone, folders, _ = setup
     r = httpx.post(f"{server.url}/v1/adapters", json={"source": str(folders["tags"])}, timeout=30)
     assert r.status_code == 201, r.text
     assert r.json()["head"] == "tagging" and r.json()["labels"] == ["O", "B", "I"]
     try:
-        got = predict(server.url, "tags", "a gripping film").json()["predictions"][0]
+        body = [{"adapter": "tags", "text": "a gripping film"}, {"adapter": "a", "text": "a gripping film"}]
+        got, sentence = httpx.post(f"{server.url}/v1/predict", json=body, timeout=30).json()["predictions"]
         logits = reference(backbone, folders["tags"], "tags", "a gripping film")[1:-1]  # without [CLS], [SEP]
         assert got["tokens"] == ["a", "gripping", "film"]
         assert got["labels"] == [["O", "B", "I"][i] for i in logits.argmax(-1).tolist()]
+        probs = reference(backbone, folders["a"], "a", "a gripping film").softmax(-1)
+        assert sentence["scores"] == pytest.approx(dict(zip(LABELS, probs.tolist())), abs=1e-5)
     finally:
         httpx.delete(f"{server.url}/v1/adapters/tags")
 
