@@ -72,7 +72,9 @@ def start_server(adapters: list[Path], args, max_batch: int, window_ms: float) -
                f"port={port}", f"threads={args.threads}", f"max_batch={max_batch}",
                f"batch_window_ms={window_ms}", "log_level=warning"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = adapters[0].parent / f"server-{port}.log"  # a file, not a pipe nobody reads: a full pipe stalls the server
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 900
     while True:
         try:
@@ -80,8 +82,9 @@ def start_server(adapters: list[Path], args, max_batch: int, window_ms: float) -
                 return proc, url
         except httpx.TransportError:
             if proc.poll() is not None:
-                sys.exit(f"adapterctl serve exited: {proc.stderr.read()[-2000:]}")
+                sys.exit(f"adapterctl serve exited: {log.read_text()[-2000:]}")
             if time.time() > deadline:
+                proc.terminate()
                 sys.exit("adapterctl serve did not start in 900 s")
             time.sleep(0.5)
 
