@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import perturb, tiny_llama, tiny_model
+from transformers import AutoModel, GPT2Config, GPTNeoXConfig
 
+from adapterctl import AdapterModel
 from adapterctl.errors import AdapterConfigError, AdapterNotFoundError
 
 TOL = 1e-5
@@ -94,6 +96,24 @@ def test_adapters_that_cannot_gather_run_in_groups(family):
     model = build(family, adapters)
     rows = [*adapters, None, *reversed(adapters)]
     assert_rows_equal_alone(model, padded(len(rows)), rows, trim=False)  # a gate averages over the padding too
+
+
+@pytest.mark.parametrize("config", [
+    lambda: GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=37, vocab_size=99, n_positions=64),
+    lambda: GPTNeoXConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                          vocab_size=99, max_position_embeddings=64),
+], ids=["gpt2", "gpt_neox"])
+def test_adapters_on_slices_of_a_fused_projection_gather(config, no_grouping):
+    """GPT-2's c_attn and GPT-NeoX's query_key_value hold q, k and v in one projection: LoRAs
+    and IA3s on different slices of it gather in one pass, each row as alone."""
+    torch.manual_seed(0)
+    model = AdapterModel(AutoModel.from_config(config()))
+    adapters = {"q": ("lora", {"attn_matrices": ["q"]}), "qv": ("lora", {"attn_matrices": ["q", "v"], "r": 4}),
+                "kv": ("ia3", {"attn_matrices": ["k", "v"]}), "pf": ("pfeiffer", {})}
+    for i, (name, (adapter, overrides)) in enumerate(adapters.items()):
+        model.add_adapter(name, adapter, **overrides)
+        perturb(model, f".{name}.", std=0.2, seed=i)
+    assert_rows_equal_alone(model.eval(), padded(6), ["qv", "q", None, "kv", "pf", "qv"])
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
