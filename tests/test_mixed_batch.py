@@ -17,9 +17,11 @@ TOL = 1e-5
 GATHERED = {**{f"pf{i}": ("pfeiffer", {"reduction_factor": 16 if i % 2 else 8}) for i in range(8)},
             **{f"lo{i}": ("lora", {"r": 4 if i % 2 else 8, "alpha": 8}) for i in range(6)},
             "ia0": ("ia3", {}), "ia1": ("ia3", {})}
-# adapters that need the grouped path somewhere: placements and steps that differ, a gate, MAD-X
+# adapters that need the grouped path somewhere: placements and steps that differ, gates, MAD-X,
+# DoRA's and VeRA's updates, Compacter's PHM projections, AdapterPlus's channel scaling
 GROUPED = {"ho": ("houlsby", {}), "pf": ("pfeiffer", {}), "par": ("parallel", {}), "inv": ("pfeiffer+inv", {}),
-           "gated": ("lora", {"use_gating": True}), "lo": ("lora", {})}
+           "gated": ("lora", {"use_gating": True}), "lo": ("lora", {}), "dora": ("dora", {}), "vera": ("vera", {}),
+           "cp": ("compacter", {"reduction_factor": 4}), "gbn": ("pfeiffer", {"use_gating": True}), "plus": ("adapterplus", {})}
 
 
 def build(family: str, adapters: dict, heads: bool = True):
