@@ -122,3 +122,59 @@ def test_a_union_runs_only_in_blocks_all_its_parts_run_in():
         model.add_fusion(Fuse("u", "p"))  # its LoRA part cannot be fused
     with pytest.raises(AdapterConfigError, match=r"unknown adapter config field\(s\) rank for any part"):
         model.add_adapter("v", load_config("pfeiffer|lora").replace(rank=2))
+
+
+NAMED = ["mam", "unipelt"]  # AdapterHub's MAMConfig, UniPELTConfig
+
+
+def test_mam_and_unipelt_are_adapterhubs_presets_with_its_counts():
+    counts = json.loads((METHODS / "param_counts.json").read_text())
+    model = bert_base_shape()
+    for name in NAMED:
+        config = load_config(name)
+        assert config.to_file_dict() == counts[name]["config"]
+        narrowed = load_config(name, bottleneck_size=48)  # the fixtures' prefix MLP; only prefix tuning has the field
+        assert narrowed.to_file_dict() == FACTS[name]["config"] and config_hash(narrowed) == FACTS[name]["hash"]
+        model.add_adapter(name, name)
+    rows = {row["name"]: (row["method"], row["params"]) for row in model.adapter_summary(as_dict=True)}
+    assert rows == {"mam": ("mam", 22_493_984), "unipelt": ("unipelt", 11_083_376)}
+    assert [counts[name]["params"] for name in NAMED] == [22_493_984, 11_083_376]
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_their_mam_and_unipelt_give_their_outputs_and_reload(name, tmp_path):
+    """AdapterHub's .bin repeats the prefix pool under every attention layer; the union passes the
+    file through prefix tuning's ``file_tensors``, so ours saves the pool once, under their names."""
+    reference = load_file(METHODS / "reference_outputs.safetensors")
+    model = AdapterModel.from_pretrained(METHODS / "backbone").eval()
+    model.load_adapter(METHODS / "bin" / name)
+    assert model.adapters_config[name].to_file_dict() == load_config(name, bottleneck_size=48).to_file_dict()
+    out = outputs(model, reference, name)
+    close(out.hidden_states, reference[f"{name}.hidden"])
+    close(out.logits, reference[f"{name}.logits"])
+    model.save_adapter(tmp_path / name, name)
+    saved = json.loads((tmp_path / name / "adapter_config.json").read_text())["config"]
+    assert saved == json.loads((METHODS / "bin" / name / "adapter_config.json").read_text())["config"]
+    theirs = torch.load(METHODS / "bin" / name / "pytorch_adapter.bin", weights_only=True)
+    repeated = {k for k in theirs if ".prefix_tuning.pool." in k}
+    assert repeated and set(load_file(tmp_path / name / "adapter.safetensors")) == set(theirs) - repeated
+    fresh = AdapterModel.from_pretrained(METHODS / "backbone").eval()
+    fresh.load_adapter(tmp_path / name, load_as="again")
+    close(outputs(fresh, reference, "again").logits, reference[f"{name}.logits"])
+
+
+def test_a_fresh_unipelt_trains_every_part_and_gate_and_reloads(tmp_path):
+    model = tiny_model()
+    inputs = batch()
+    with torch.no_grad():
+        base = model(**inputs).hidden_states
+    model.add_adapter("u", "unipelt", bottleneck_size=8)
+    model.train_adapter("u")
+    model(**inputs).hidden_states.pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")}
+    assert all(".u." in n and g is not None for n, g in grads.items())
+    assert any("loras.u.gate." in n for n in grads) and any("adapters.u.gate." in n for n in grads)
+    # the LoRA and bottleneck parts start at zero output (so do their gates' gradients); these move
+    for part in ("prefix_gates.u.", "prefix_tunings.u.", "loras.u.lora_B", "adapters.u.adapter_up."):
+        assert any(part in n and g.abs().sum() > 0 for n, g in grads.items()), part
+    reloads_trained(model, "u", inputs, base, tmp_path)

@@ -72,9 +72,10 @@ class PrefixTuningMethod(Method):
             attention.uninstall(self.host.config)
 
     def modules(self, name: str) -> list[nn.Module]:
-        """The adapter's prefix (in the pool), then its gates in layer order."""
+        """The adapter's prefix (in the pool), then its gates in layer order; none before it is added."""
         gates = [layer.prefix_gates[name] for _, layer in sorted(self.layers.items()) if name in layer.prefix_gates]
-        return [self.pool.prefix_tunings[name], *gates]
+        pool = self.pool.prefix_tunings
+        return [pool[name], *gates] if name in pool else gates
 
     def file_tensors(self, tensors: dict) -> dict:
         """AdapterHub's ``.bin`` files repeat the pool under every attention layer

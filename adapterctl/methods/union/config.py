@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core import registry
-from ...core.config import AdapterConfig, architecture_name, config_from_dict, load_config
+from ...core.config import AdapterConfig, architecture_name, config_from_dict, load_config, register_preset
 from ...errors import AdapterConfigError
 
 
@@ -104,3 +104,11 @@ def _check_pairs(parts: tuple[AdapterConfig, ...]) -> None:
                 f"configs {i} and {j} of the union are both {a.method} adapters at the same places; two parts of one "
                 "method must differ in placement (bottlenecks: mh_adapter and output_adapter, or leave_out)"
             )
+
+
+# AdapterHub's MAMConfig (He et al. 2021: a wide prefix MLP + a parallel bottleneck) and
+# UniPELTConfig (Mao et al. 2022: prefix, bottleneck and LoRA, each behind a learned gate).
+register_preset("mam", ConfigUnion, configs=("prefix_tuning[bottleneck_size=800]", "par_bn"))
+register_preset("unipelt", ConfigUnion, configs=("prefix_tuning[prefix_length=10, use_gating=True]",
+                                                 "seq_bn[reduction_factor=16, use_gating=True]",
+                                                 "lora[r=8, alpha=2, use_gating=True]"))

@@ -52,5 +52,10 @@ class UnionMethod(Method):
         for method in self.parts.pop(name, []):
             method.delete(name)
 
+    def file_tensors(self, tensors: dict) -> dict:
+        """A file passed through each part's method (prefix tuning's ``.bin`` repeats its pool)."""
+        methods = {type(m): m for parts in self.parts.values() for m in parts}.values()
+        return reduce(lambda kept, method: method.file_tensors(kept), methods, tensors)
+
     def modules(self, name: str) -> list[nn.Module]:
         return reduce(lambda found, method: found + method.modules(name), self.parts.get(name, []), [])
