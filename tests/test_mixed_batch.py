@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import perturb, tiny_llama, tiny_model
+from test_families import causal_lm
 from transformers import AutoModel, GPT2Config, GPTNeoXConfig
 
 from adapterctl import AdapterModel
@@ -208,6 +209,31 @@ def test_generate_runs_each_prompt_with_its_adapter():
                 alone.append(model.generate(prompts[i:i + 1], max_new_tokens=8, do_sample=False, use_cache=True)[0])
     assert torch.equal(mixed, torch.stack(alone))
     assert len({tuple(t[6:].tolist()) for t in alone}) > 1  # the adapters answer differently
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoders_run_mixed_batches(family):
+    """T5 and BART: the encoder's and decoder's sites (cross-attention's too) run each row's
+    adapter, gathered (Pfeiffer, LoRA) or grouped (DoRA); forward with decoder inputs, and beam
+    search (the decoder's rows are the encoder's, repeated per beam)."""
+    model = causal_lm(family)
+    for i, (name, config) in enumerate([("pf", "pfeiffer"), ("lo", "lora"), ("do", "dora")]):
+        model.add_adapter(name, config)
+        perturb(model, f".{name}.", std=0.3, seed=i)
+    inputs = padded(4, length=7)
+    inputs["decoder_input_ids"] = inputs["input_ids"][:, :4].flip(0)
+    rows = ["pf", "lo", None, "do"]
+    assert_rows_equal_alone(model, inputs, rows, trim=False)
+    prompts = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+    kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, num_beams=2, pad_token_id=0)
+    with torch.no_grad():
+        mixed = model.generate(**prompts, adapter_names=rows, **kw)
+        alone = []
+        for i, name in enumerate(rows):
+            with model.adapter_setup(name, head="default"):
+                alone.append(model.generate(**{k: v[i:i + 1] for k, v in prompts.items()}, **kw)[0])
+    assert torch.equal(mixed, torch.stack(alone))
+    assert len({tuple(t.tolist()) for t in alone}) > 1  # the adapters answer differently
 
 
 @pytest.mark.parametrize("call, error, says", [
