@@ -259,3 +259,30 @@ def _why_not(parent: Block, child: Block) -> str:
     if type(child) is type(parent):
         return f"a {type(child).__name__} inside a {type(parent).__name__} is one flat {type(parent).__name__}; write it flat"
     return "AdapterHub's nesting rules do not allow it, and we keep them so that saved setups load in both libraries"
+
+def heads_of(block: Block):
+    """AdapterHub's rule: the head named like the last adapter; one per child for Parallel."""
+    final = block.children[-1] if isinstance(block, Stack) else block
+    if isinstance(final, str):
+        return final
+    if isinstance(final, Parallel):
+        return [c if isinstance(c, str) else c.last() for c in final.children]
+    if isinstance(final, BatchSplit):
+        return BatchSplit(*[c if isinstance(c, str) else c.last() for c in final.children],
+                            batch_sizes=final.batch_sizes)
+    if isinstance(final, Fuse):
+        return final.name
+    return None
+
+
+def blocks_in(block):
+    """``block`` and every block nested in it, depth first."""
+    if isinstance(block, Block):
+        yield block
+        for child in block.children:
+            yield from blocks_in(child)
+
+
+def fusions_in(block) -> list[str]:
+    """The names of the fusions a setup uses."""
+    return [b.name for b in blocks_in(block) if isinstance(b, Fuse)]
