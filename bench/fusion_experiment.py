@@ -290,14 +290,12 @@ def attention(folder: Path, library: str, a) -> dict | None:
 
 def our_attention(folder: Path) -> dict:
     """Mean fusion attention per layer of a fuse run, over its validation rows: at the first
-    token (the head's input) and over all real tokens. The probabilities are recomputed from
-    each fusion layer's inputs (softmax(q·k) as in ``Fusion.forward``, without dropout)."""
+    token (the head's input) and over all real tokens (``model.fusion_attentions``, eval mode)."""
 
     import torch
     from torch.utils.data import DataLoader
 
     from adapterctl.data import Task, data_root, load_rows
-    from adapterctl.methods.fusion.layer import Fusion
     from adapterctl.run import build, folders
 
     record, cfg = folders.load_run(folder)
@@ -317,31 +315,18 @@ def our_attention(folder: Path) -> dict:
         checkpoint.load_weights(folder / "checkpoints" / "best", model)
     model.eval()
     names = list(setup.flatten())
-    captured: dict[int, list] = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, Fusion):
-            layer = int(re.search(r"layer\.(\d+)\.", module_name).group(1))
-
-            def hook(fusion, args, layer=layer):
-                query, up, _ = args
-                q = fusion.query(query) if fusion.config.query else query
-                k = fusion.key(up) if fusion.config.key else up
-                scores = torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)).squeeze(2)
-                captured.setdefault(layer, []).append(torch.softmax(scores / fusion.T, dim=-1))
-
-            module.register_forward_pre_hook(hook)
     task = Task(cfg.task, tokenizer, cfg.trainer.max_length)
     encoded = task.encode(load_rows(cfg.task, data_root(cfg.data_root), "validation"), "validation")
     features = [{k: v for k, v in f.items() if k != "labels"} for f in encoded.features]
     first, every = {}, {}
     with torch.no_grad():
         for batch in DataLoader(features, batch_size=64, collate_fn=task.collator()):
-            captured.clear()
-            model(**batch)
             mask = batch["attention_mask"].bool()
-            for layer, (probs,) in captured.items():
-                first.setdefault(layer, []).append(probs[:, 0])
-                every.setdefault(layer, []).append(probs[mask])
+            for layers in model.fusion_attentions(**batch).values():
+                for layer, sites in layers.items():
+                    for probs in sites.values():  # (batch, tokens, adapters)
+                        first.setdefault(layer, []).append(probs[:, 0])
+                        every.setdefault(layer, []).append(probs[mask])
 
     def mean(d):
         return {str(k): dict(zip(names, torch.cat(v).mean(0).tolist())) for k, v in sorted(d.items())}
