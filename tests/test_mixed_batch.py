@@ -256,3 +256,13 @@ def test_a_merged_adapter_is_refused():
         model(**padded(2), adapter_names=["a", "b"])
     model.reset_adapter()
     assert_rows_equal_alone(model, padded(2), ["a", "b"])
+
+
+@pytest.mark.parametrize("config", ["prefix_tuning", "seq_bn|lora"])
+def test_methods_without_mixed_batches_are_refused(config):
+    """Prefix tuning's work is not one site's, and a union's parts would each need the rows: both
+    refused by name, with the methods that can."""
+    model = build("bert", {"a": ("lora", {}), "p": (config, {})}, heads=False)
+    with pytest.raises(AdapterConfigError, match=r"'p' is a \w+ adapter, which cannot run in a mixed batch; methods "
+                                                 r"that can: .*lora.* Group its rows"):
+        model(**padded(2), adapter_names=["a", "p"])
