@@ -4,9 +4,11 @@ Rows come from a local folder first (``<data root>/<task>/<split>.jsonl``, the l
 ../shared/data) and from the HF Hub by dataset id otherwise. Each row is tokenized once; a
 batch is padded to its own longest row (dynamic padding). Four shapes of task: single
 sentences, sentence pairs (both ``classification``), token tagging with labels on the first
-word piece of each word, extractive QA with answer spans mapped to token positions, and
+word piece of each word, extractive QA with answer spans mapped to token positions,
 ``causal_lm``: a prompt template rendered from the row, the label word as the completion, the
-loss on the completion's tokens only (the model is scored on the label word it generates).
+loss on the completion's tokens only (the model is scored on the label word it generates), and
+``seq2seq`` (encoder-decoders: T5, BART): the rendered prompt is the encoder's input and the
+label word, through a ``target`` template, the decoder's labels.
 """
 
 from __future__ import annotations
@@ -205,7 +207,8 @@ class Encoded:
         return len(self.features)
 
 
-KINDS = ("classification", "tagging", "qa", "causal_lm")
+KINDS = ("classification", "tagging", "qa", "causal_lm", "seq2seq")
+LM_KINDS = ("causal_lm", "seq2seq")  # scored on generated text; the backbone's own LM head writes it
 
 
 def check_template(key: str, template: str, fields: list[str]) -> None:
@@ -235,10 +238,11 @@ class Task:
         self.max_length = max_length
         if self.kind not in KINDS:
             raise AdapterConfigError(f"task.kind must be {', '.join(KINDS[:-1])} or {KINDS[-1]}, got {self.kind!r}")
-        if self.kind == "causal_lm":
-            self.prompt, self.completion = cfg.prompt, cfg.get("completion") or " {label}"
+        if self.kind in LM_KINDS:  # causal_lm: the completion follows the prompt; seq2seq: the target is apart
+            key = "completion" if self.kind == "causal_lm" else "target"
+            self.prompt, self.completion = cfg.prompt, cfg.get(key) or (" {label}" if key == "completion" else "{label}")
             check_template("task.prompt", self.prompt, self.columns)
-            check_template("task.completion", self.completion, ["label"])
+            check_template(f"task.{key}", self.completion, ["label"])
             self.completions = [self.completion.format(label=name) for name in self.label_names]
 
     @property
@@ -246,9 +250,10 @@ class Task:
         return len(self.label_names)
 
     def collator(self, left: bool = False):
-        """Batches of the split's features; ``left``: causal_lm prompts padded on the left, for generation."""
-        if self.kind == "causal_lm":
-            return LMCollator(pad_id(self.tokenizer), left=left)
+        """Batches of the split's features; ``left``: causal_lm prompts padded on the left, for
+        generation (an encoder's inputs stay on the right: BART's positions are absolute)."""
+        if self.kind in LM_KINDS:
+            return LMCollator(pad_id(self.tokenizer), left=left and self.kind == "causal_lm")
         if self.kind == "tagging":
             return DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE)
         return DataCollatorWithPadding(self.tokenizer)
@@ -266,6 +271,8 @@ class Task:
             return self._encode_qa(rows, with_labels)
         if self.kind == "causal_lm":
             return self._encode_causal_lm(rows, with_labels)
+        if self.kind == "seq2seq":
+            return self._encode_seq2seq(rows, with_labels)
         return self._encode_classification(rows, split, with_labels)
 
     def _label_id(self, value) -> int:
@@ -345,6 +352,23 @@ class Task:
                 features.append({"input_ids": prompt, "attention_mask": [1] * len(prompt)})
         return Encoded(features, references, extra)
 
+    def _encode_seq2seq(self, rows, with_labels) -> Encoded:
+        """Features: the prompt (the encoder's input, ``trainer.max_length`` tokens at most) and
+        the label's target as the decoder's labels, with the tokenizer's special tokens (T5's and
+        BART's EOS, which ends generation); ``extra``: the prompt's ids, which generation reads."""
+        targets = [self.tokenizer(text_target=t)["input_ids"] for t in self.completions]
+        features, references, extra = [], [], []
+        for row in rows:
+            prompt = self.prompt_ids(row, self.max_length)
+            extra.append(prompt)
+            feature = {"input_ids": prompt, "attention_mask": [1] * len(prompt)}
+            if with_labels:
+                label = self._label_id(row[self.label_column])
+                feature["labels"] = targets[label]
+                references.append(label)
+            features.append(feature)
+        return Encoded(features, references, extra)
+
     def prompt_ids(self, row: dict, room: int) -> list[int]:
         """The rendered prompt's token ids, at most ``room`` of them: a too-long row has its
         longest column shortened by the excess (the template's words stay whole), so the prompt
@@ -372,7 +396,7 @@ class Task:
     def decode(self, outputs: list, encoded: Encoded) -> list:
         """Per-row model outputs of a split -> what the metrics compare with the references:
         label ids (or regression values), tag-name lists (first word pieces only) or answers."""
-        if self.kind == "causal_lm":  # generated texts
+        if self.kind in LM_KINDS:  # generated texts
             return [self.label_of(text) for text in outputs]
         if self.kind == "qa":
             return [_best_answer(s, e, offsets, ctx) for (s, e), (offsets, ctx) in zip(outputs, encoded.extra)]
@@ -399,17 +423,18 @@ def _eos(tokenizer) -> list[int]:
 
 class LMCollator:
     """Pads ``input_ids`` with the padding token, ``attention_mask`` with 0 and ``labels`` with -100,
-    on the right (training, perplexity) or the left (prompts that ``generate`` continues)."""
+    each to its own longest row (an encoder-decoder's labels are not as long as its inputs), on
+    the right (training, perplexity) or the left (prompts that ``generate`` continues)."""
 
     def __init__(self, pad: int, left: bool = False):
         self.pad, self.left = pad, left
 
     def __call__(self, features: list[dict]) -> dict:
-        longest = max(len(f["input_ids"]) for f in features)
         fill = {"input_ids": self.pad, "attention_mask": 0, "labels": IGNORE}
         batch = {}
         for key in ("input_ids", "attention_mask", "labels"):
             if key in features[0]:
+                longest = max(len(f[key]) for f in features)
                 rows = [[fill[key]] * (longest - len(f[key])) for f in features]
                 rows = [pad + f[key] if self.left else f[key] + pad for pad, f in zip(rows, features)]
                 batch[key] = torch.tensor(rows, dtype=torch.long)

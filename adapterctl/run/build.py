@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 from ..core.backbone import backbone_path
 from ..core.composition import Parallel, Stack
 from ..core.model import AdapterModel
+from ..data import LM_KINDS
 from ..errors import AdapterConfigError, AdapterError
 from ..formats import adapterhub
 from ..formats.files import read_json
@@ -115,9 +116,9 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
         raise AdapterConfigError("setup=[...] stacks the new adapter on others; it needs an adapter, not adapter=none")
     if cfg.adapter.preset != "none":
         model.add_adapter(name, cfg.adapter.preset, **adapter_overrides(cfg.adapter))
-    lm = cfg.task.kind == "causal_lm"
+    lm = cfg.task.kind in LM_KINDS
     if lm:  # the checkpoint's own LM head (tied to the embeddings) writes the completions, frozen
-        model.active_head = lm_head(model, cfg.backbone.path)
+        model.active_head = lm_head(model, cfg.backbone.path, cfg.task.kind)
     else:
         model.add_head(name, cfg.head.type, **head_options(cfg.head, cfg.task.label_names))
     if cfg.adapter.preset == "none":
@@ -133,12 +134,15 @@ def new_model(cfg) -> tuple[AdapterModel, object]:
     return model, tokenizer
 
 
-def lm_head(model: AdapterModel, backbone: str) -> str:
-    """The name of the backbone's own causal_lm head, which LM tasks train under and generate with."""
-    found = [name for name, head in model.heads.items() if head.config["head_type"] == "causal_lm"]
+def lm_head(model: AdapterModel, backbone: str, kind: str = "causal_lm") -> str:
+    """The name of the backbone's own LM head for a task ``kind``: a decoder's ``causal_lm`` or an
+    encoder-decoder's ``seq2seq_lm``, which LM tasks train under and generate with."""
+    head_type, checkpoint = {"causal_lm": ("causal_lm", "a *ForCausalLM"),
+                             "seq2seq": ("seq2seq_lm", "an encoder-decoder *ForConditionalGeneration")}[kind]
+    found = [name for name, head in model.heads.items() if head.config["head_type"] == head_type]
     if not found:
-        raise AdapterConfigError(f"backbone {backbone} has no language-modelling head (it is not a *ForCausalLM "
-                                 "checkpoint); causal_lm tasks need one, e.g. backbone=smollm2")
+        raise AdapterConfigError(f"backbone {backbone} has no {head_type} head (it is not {checkpoint} checkpoint); "
+                                 f"{kind} tasks need one" + (", e.g. backbone=smollm2" if kind == "causal_lm" else ""))
     return found[0]
 
 
@@ -283,7 +287,7 @@ def trained_from(cfg):
     labels = list(task_cfg.label_names) if task_cfg else None
     if not cfg.run and not cfg.adapter_path:  # a causal_lm task zero-shot: the backbone as it ships
         model, tokenizer = load_backbone(cfg.backbone.path)
-        model.active_head = lm_head(model, cfg.backbone.path)
+        model.active_head = lm_head(model, cfg.backbone.path, task_cfg.kind)
         return model.eval(), tokenizer, task_cfg, cfg.trainer
     if cfg.run:
         record, run_cfg = folders.load_run(Path(cfg.run))

@@ -1,10 +1,12 @@
-"""``adapterctl generate``: text from a decoder with an adapter (or the bare backbone), streamed.
+"""``adapterctl generate``: text from a decoder or an encoder-decoder with an adapter (or the bare
+backbone), streamed.
 
 ``prompt="..."`` or ``file=`` (.txt: one prompt per line; .json/.jsonl/.csv: a ``prompt`` or
 ``text`` column). The model is a run's (``run=``), an adapter folder or Hub id on this
 command's backbone (``adapter=``, default backbone SmolLM2), or the backbone alone. With
-``task=<causal_lm task>`` each prompt is the task's text, rendered through its template
+``task=<causal_lm or seq2seq task>`` each prompt is the task's text, rendered through its template
 (``task=rotten_tomatoes_lm prompt="a gripping film"`` asks ``Review: a gripping film\\nSentiment:``).
+An encoder-decoder's completion is its decoder's whole output (the prompt is the encoder's).
 Tokens print as they are generated (``stream=true``); ``stream=false`` prints one JSON line
 per prompt with its completion instead, and ``output=<file>`` writes those lines to a file.
 """
@@ -20,7 +22,7 @@ from accelerate.utils import set_seed
 from omegaconf import ListConfig
 from transformers import TextStreamer
 
-from ..data import DataError, Task, pad_id, read_inputs
+from ..data import LM_KINDS, DataError, Task, pad_id, read_inputs
 from ..errors import AdapterConfigError
 from ..io import atomic_write_text
 from . import build
@@ -50,8 +52,8 @@ def render(task: Task | None, texts: list[str]) -> list[list[int]] | list[str]:
     """Task prompts (token ids, the template around each text) or the texts themselves."""
     if task is None:
         return texts
-    if task.kind != "causal_lm" or len(task.columns) != 1:
-        raise AdapterConfigError(f"task={task.name} is not a one-column causal_lm task; generate renders prompts "
+    if task.kind not in LM_KINDS or len(task.columns) != 1:
+        raise AdapterConfigError(f"task={task.name} is not a one-column causal_lm or seq2seq task; generate renders prompts "
                                  "through such a task's template (e.g. task=rotten_tomatoes_lm), or drop task=")
     return [task.prompt_ids({task.columns[0]: t}, task.max_length) for t in texts]
 
@@ -75,7 +77,8 @@ def run(cfg, overrides: list[str]) -> int:
         with torch.no_grad():
             out = model.generate(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
                                  streamer=streamer, **options)
-        completion = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        answer = out[0] if model.family.kind == "encoder-decoder" else out[0, ids.shape[1]:]
+        completion = tokenizer.decode(answer, skip_special_tokens=True)
         if streamer is not None:
             print(flush=True)  # the streamer ends a prompt's text with a newline; a blank line between prompts
         lines.append(json.dumps({"prompt": text, "completion": completion}))

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .. import metrics as metric_fns
-from ..data import Encoded, Task
+from ..data import LM_KINDS, Encoded, Task
 from ..errors import AdapterConfigError, CorruptFileError
 from . import checkpoint, schema
 from .loggers import LOG
@@ -315,7 +315,7 @@ def predict_split(accelerator: Accelerator, model, task: Task, encoded: Encoded,
 
 
 def evaluate(accelerator, model, task: Task, encoded: Encoded, batch_size: int, metric_names) -> dict:
-    if task.kind == "causal_lm":  # scored on generated text
+    if task.kind in LM_KINDS:  # scored on generated text
         from . import lm
 
         return lm.evaluate(accelerator.unwrap_model(model), task, encoded, batch_size, metric_names)

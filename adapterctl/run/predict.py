@@ -88,7 +88,7 @@ def run(cfg, overrides: list[str]) -> int:
         if head.config["head_type"] not in ("classification", "regression"):
             raise AdapterConfigError(
                 f"predict handles classification and regression heads; {head.name!r} is {head.config['head_type']}"
-                + ("; generate writes text with it (adapterctl generate ...)" if head.config["head_type"] == "causal_lm"
+                + ("; generate writes text with it (adapterctl generate ...)" if head.config["head_type"] in ("causal_lm", "seq2seq_lm")
                    else ""))
     columns = _columns(tasks)
     rows = _rows(inputs, columns, names)

@@ -109,7 +109,8 @@ def check(cfg: DictConfig, command: str) -> None:
         metrics.check(cfg.task.metrics)
         if "head" in cfg:
             check_head(cfg.head.type, cfg.task)
-    zero_shot = command == "evaluate" and cfg.get("task") is not None and cfg.task.kind == "causal_lm"
+    zero_shot = command == "evaluate" and cfg.get("task") is not None and cfg.task.kind in (
+        "causal_lm", "seq2seq")  # data.LM_KINDS (data imports torch; the CLI checks before it)
     if command in ("evaluate", "predict") and bool(cfg.run) == bool(cfg.adapter_path) and not (
             zero_shot and not cfg.run):
         raise AdapterConfigError("give exactly one of run=<run folder> or adapter=<adapter folder, name or Hub id> "
@@ -126,7 +127,7 @@ def check(cfg: DictConfig, command: str) -> None:
 
 # task kind -> the head types its rows can train (a classification task with one label is regression)
 HEADS_FOR = {"classification": ("classification",), "tagging": ("tagging",), "qa": ("question_answering",),
-             "causal_lm": ("causal_lm",)}
+             "causal_lm": ("causal_lm",), "seq2seq": ("seq2seq_lm",)}
 
 
 def check_head(head_type: str, task) -> None:
