@@ -6,7 +6,10 @@ its Hub card (``card.yaml``), which ``adapterctl hub push`` publishes.
 ``merge=true`` writes instead a plain transformers checkpoint with the run's adapter merged into
 the backbone's weights (LoRA, IA3, DoRA, VeRA): ``AutoModel.from_pretrained(out)`` gives the
 adapter's hidden states with no adapter code; the run's head sits beside it
-(``head_config.json``, ``AdapterModel.load_head``).
+(``head_config.json``, ``AdapterModel.load_head``). A backbone that came with its LM head (a
+``*ForCausalLM`` or ``*ForConditionalGeneration`` checkpoint) is saved with it, so
+``AutoModelForCausalLM.from_pretrained(out)`` (or ``AutoModelForSeq2SeqLM``) generates with the
+adapter merged in.
 """
 
 from __future__ import annotations
@@ -87,8 +90,12 @@ def export_merged(run_folder: Path, out: Path) -> Path:
 
 
 def save_merged(model, directory: Path) -> None:
-    """The backbone's own weights (adapters merged into them stay; the adapters' modules go)."""
+    """The backbone's own weights (adapters merged into them stay; the adapters' modules go), in
+    the transformers LM around it where the checkpoint had an LM head (its head ``default``)."""
     own = {id(t) for name in model.adapters_config for m in model.adapter_modules(name)
            for t in m.state_dict(keep_vars=True).values()}
-    state = {k: v.detach() for k, v in model.backbone.state_dict(keep_vars=True).items() if id(v) not in own}
-    model.backbone.save_pretrained(str(directory), state_dict=state)
+    head = model.heads["default"] if "default" in model.heads else None
+    lm = head is not None and head.config["head_type"] in ("causal_lm", "seq2seq_lm")
+    target = model._causal_lm("default") if lm else model.backbone
+    state = {k: v.detach() for k, v in target.state_dict(keep_vars=True).items() if id(v) not in own}
+    target.save_pretrained(str(directory), state_dict=state)
