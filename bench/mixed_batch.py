@@ -8,6 +8,8 @@ Sides, timed in one process, for each count in a rotating order each round (infe
 16 Pfeiffer adapters with heads and 16 LoRA adapters (r=8, alpha=8, query and value) are loaded
 throughout, as in a server, and a batch uses the first n of them:
   one        one Pfeiffer adapter active for all rows (its fused path) and its head: the baseline
+  bare       no adapter, the same head: no mixed batch can be faster, so groups / bare bounds
+             groups / mixed (how much slower 16 passes of 2 rows are than one of 32, here)
   mixed      the rows over n Pfeiffer adapters, ``model(**batch, adapter_names=...)``: gathered
   groups     the model once per adapter on that adapter's rows (``adapter_setup=name``)
   loop       ``adapter_names=`` with the gathered pass turned off: each site loops over the
@@ -99,11 +101,17 @@ def looped(model, batch, rows):
         return model(**batch, adapter_names=rows)
 
 
+def bare(model, batch, head):
+    with model.adapter_setup(None, head=head):
+        return model(**batch)
+
+
 def sides_for(n: int, batch: dict, names: list[str], pf, lo, peft) -> dict:
     rows = [names[i % n] for i in range(batch["input_ids"].shape[0])]
     groups = {a: {k: v[[i for i, r in enumerate(rows) if r == a]] for k, v in batch.items()} for a in names[:n]}
     sides = {
         "one": lambda: pf(**batch, adapter_setup=names[0]),
+        "bare": lambda: bare(pf, batch, names[0]),
         "mixed": lambda: pf(**batch, adapter_names=rows),
         "groups": lambda: [pf(**inputs, adapter_setup=a) for a, inputs in groups.items()],
         "loop": lambda: looped(pf, batch, rows),
@@ -160,7 +168,8 @@ def main() -> None:
         ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
         print(f"{n:>2} adapters: {', '.join(f'{k} {statistics.median(v):.3f}' for k, v in times.items())}")
         line = (f"   mixed / one {ratio('mixed', 'one'):.3f}x (<= 1.15x)"
-                f" | groups / mixed {ratio('groups', 'mixed'):.2f}x | loop / mixed {ratio('loop', 'mixed'):.2f}x"
+                f" | groups / mixed {ratio('groups', 'mixed'):.2f}x (>= 3x; at most groups / bare"
+                f" {ratio('groups', 'bare'):.2f}x) | loop / mixed {ratio('loop', 'mixed'):.2f}x"
                 f" | lora-loop / lora {ratio('lora-loop', 'lora'):.2f}x")
         if peft is not None:
             line += f" | peft / lora {ratio('peft', 'lora'):.2f}x (> 1: ours faster)"
