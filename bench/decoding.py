@@ -5,7 +5,8 @@ bare model's time).
 Each variant generates ``--new-tokens`` greedy tokens (``min_new_tokens`` too, so every variant
 makes exactly as many) for a batch of ``--batch`` left-padded rotten_tomatoes prompts. The
 variants take turns within each repeat, so a change in the machine's load hits them alike; a
-variant's time is its fastest repeat. LoRA: r=8 on q and v (the preset), its B matrices drawn at
+variant's time is its fastest repeat, and its ratio to the bare model is also given as the
+median of the per-repeat ratios (robust to a load change between repeats). LoRA: r=8 on q and v (the preset), its B matrices drawn at
 random so the merged weights differ from the bare ones.
 
     PYTHONPATH=. /work/envs/peftvenv/bin/python bench/decoding.py        # needs peft; adapterctl from here
@@ -15,6 +16,7 @@ random so the merged weights differ from the bare ones.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -92,23 +94,28 @@ def main() -> None:
 
         variants["PEFT LoRA, merged"] = peft_merged
 
+    bare_name = "bare model (transformers)"
     with torch.no_grad():
         outputs = {name: run() for name, run in variants.items()}  # warm-up; and the merged tokens must match
         same = torch.equal(outputs["adapterctl LoRA, unmerged"], outputs["adapterctl LoRA, merged"])
-        print(f"merged and unmerged LoRA give the same greedy tokens: {same}")
-        best = {name: float("inf") for name in variants}
-        for _ in range(args.repeats):
+        print(f"merged and unmerged LoRA give the same greedy tokens: {same}", flush=True)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for repeat in range(args.repeats):
             for name, run in variants.items():
                 started = time.perf_counter()
                 run()
-                best[name] = min(best[name], time.perf_counter() - started)
+                times[name].append(time.perf_counter() - started)
+            ratios = "  ".join(f"{name}: {times[name][-1] / times[bare_name][-1]:.3f}" for name in variants)
+            print(f"repeat {repeat + 1}, x bare: {ratios}", flush=True)
     tokens = args.batch * args.new_tokens
-    base = best["bare model (transformers)"]
+    base = min(times[bare_name])
     print(f"SmolLM2-135M, batch {args.batch}, {args.new_tokens} new tokens, {args.threads} thread(s), "
-          f"best of {args.repeats}")
-    print(f"{'variant':<30}{'time s':>9}{'tokens/s':>10}{'x bare':>8}")
-    for name, seconds in best.items():
-        print(f"{name:<30}{seconds:>9.2f}{tokens / seconds:>10.1f}{seconds / base:>8.3f}")
+          f"{args.repeats} repeats")
+    print(f"{'variant':<30}{'best s':>9}{'tokens/s':>10}{'x bare (best)':>15}{'x bare (median of repeats)':>28}")
+    for name, seconds in times.items():
+        per_repeat = statistics.median(s / b for s, b in zip(seconds, times[bare_name]))
+        print(f"{name:<30}{min(seconds):>9.2f}{tokens / min(seconds):>10.1f}{min(seconds) / base:>15.3f}"
+              f"{per_repeat:>28.3f}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from adapterctl import AdapterModel
+from adapterctl.errors import AdapterConfigError
 from conftest import perturb
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub_decoders"
@@ -206,7 +207,8 @@ def test_a_new_lm_head_is_tied_to_the_input_embeddings_when_the_config_ties_them
 
 @pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
 def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family):
-    """Bottlenecks in both stacks (T5 in its sub-layer modules, BART post-LN, mBART pre-LN), LoRA
+    """Bottlenecks in both stacks (T5 in its sub-layer modules, BART post-LN, mBART pre-LN) and
+    after the decoder's cross-attention (``cross_adapter``), LoRA
     and IA3 in self- and cross-attention and the feed-forward, the seq2seq_lm heads (T5's scaled
     input), greedy generation with the KV cache."""
     ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
@@ -219,7 +221,7 @@ def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family)
             return model(**inputs)
 
     close(run(None).logits, ref["base.logits"])
-    for name in ("sb", "dsb", "lora", "ia3"):
+    for name in ("sb", "dsb", "xdsb", "lora", "ia3"):  # xdsb: double_seq_bn with cross_adapter=True
         model.load_adapter(FIXTURES / family / "safetensors" / name, with_head=False)
         out = run(name)
         close(out.hidden_states, ref[f"{name}.hidden"])
@@ -232,6 +234,14 @@ def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family)
             tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
                                     min_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=pad)
         assert torch.equal(tokens, ref[f"generate.{name}.cache"]), name
+
+
+def test_a_cross_adapter_alone_needs_cross_attention():
+    model = causal_lm("llama")
+    with pytest.raises(AdapterConfigError, match="llama has none: set mh_adapter=True or output_adapter=True"):
+        model.add_adapter("x", {"architecture": None, "mh_adapter": False, "output_adapter": False,
+                                "cross_adapter": True, "reduction_factor": 16, "non_linearity": "relu"})
+    assert "x" not in model.adapters_config
 
 
 def test_gpt_neox_lora_adapts_the_slices_of_each_head_in_its_fused_projection():
@@ -267,6 +277,29 @@ def test_invertible_adapters_of_encoder_decoders_act_on_the_encoders_embeddings_
     model = causal_lm(family)
     model.add_adapter("inv", "pfeiffer+inv", set_active=True)
     calls = []
-    model.backbone.invertible_adapters["inv"].register_forward_hook(lambda m, args, out: calls.append(args[0].shape))
+    model.backbone.encoder.invertible_adapters["inv"].register_forward_hook(
+        lambda m, args, kwargs, out: calls.append((args[0].shape, kwargs.get("rev", False))), with_kwargs=True)
     logits(model, "inv")
-    assert calls == [torch.Size([2, 7, 32])]  # the encoder's batch, not the decoder's (2, 4)
+    # the encoder's batch, not the decoder's (2, 4); then the LM head's inverse on the decoder's output
+    assert calls == [(torch.Size([2, 7, 32]), False), (torch.Size([2, 4, 32]), True)]
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_invertible_adapters_of_encoder_decoders_load_by_adapterhubs_names_and_invert_before_the_lm_head(family):
+    """AdapterHub keeps them at ``<prefix>.encoder.invertible_adapters.<name>`` and runs the block's
+    inverse before the seq2seq head's vocabulary projection (make_inv.py: its logits); generate()
+    runs the inverse too."""
+    ref = load_file(FIXTURES / family / "reference_outputs.safetensors")
+    model = AdapterModel.from_pretrained(FIXTURES / family / "backbone").eval()
+    name = model.load_adapter(FIXTURES / family / "inv", with_head=False, set_active=True)
+    assert name == "inv" and "inv" in model.backbone.encoder.invertible_adapters
+    inputs = {k: ref[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    with torch.no_grad():
+        close(model(**inputs).logits, load_file(FIXTURES / family / "inv_reference.safetensors")["logits"])
+    calls = []
+    model.backbone.encoder.invertible_adapters["inv"].register_forward_hook(
+        lambda m, args, kwargs, out: calls.append(kwargs.get("rev", False)), with_kwargs=True)
+    with torch.no_grad():
+        model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=3, min_new_tokens=3,
+                       do_sample=False, pad_token_id=0 if family == "t5" else 1)
+    assert calls == [False, True, True, True]  # the encoder once, the inverse at each new token

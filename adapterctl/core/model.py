@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..errors import AdapterConfigError, AdapterNotFoundError
 from ..families import base_model_of, family_of
 from ..heads import PredictionHead, build_head
 from ..heads.language_modeling import decoder_inputs
+from ..methods import invertible
 from ..methods.adapterdrop import AdapterDrop
 from ..methods.averaging import average_adapter
 from ..methods.base import Method
@@ -352,6 +354,8 @@ class AdapterModel(SaveLoadMixin, nn.Module):
         head = build_head(name, head_type, self.config, dropout, pool_last=self.family.kind == "decoder", **config)
         if hasattr(head, "tie") and getattr(self.config, "tie_word_embeddings", False):
             head.tie(self.backbone.get_input_embeddings())  # an LM head's last layer shares the input embeddings
+        if hasattr(head, "inverse"):  # an LM head: the active invertible block's inverse before its projection
+            head.inverse = partial(invertible.inverse, self.backbone, self.family)
         self.heads[name] = self.like_model(head)
         if set_active:
             self.active_head = name

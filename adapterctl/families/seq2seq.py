@@ -39,6 +39,7 @@ T5 = Family(
     embeddings="encoder.embed_tokens",  # invertible adapters: the encoder's embeddings only, as AdapterHub's
     stacks={"encoder": _t5_stack("encoder", 1), "decoder": _t5_stack("decoder", 2)},
     static_heads=_LM,
+    invertible_owner="encoder",  # saved as <prefix>.encoder.invertible_adapters.<name>, as AdapterHub does
 )
 
 # mT5's feed-forward is gated (wi_0 gates wi_1); AdapterHub adapts wi_1 as "intermediate".
@@ -79,6 +80,7 @@ BART = Family(
     embeddings="encoder.layernorm_embedding",  # invertible adapters: after the encoder's embedding norm (AdapterHub)
     stacks={"encoder": _bart_stack("encoder", False), "decoder": _bart_stack("decoder", False)},
     static_heads=_LM,
+    invertible_owner="encoder",
 )
 MBART = replace(BART, stacks={"encoder": _bart_stack("encoder", True), "decoder": _bart_stack("decoder", True)})
 

@@ -66,6 +66,7 @@ class Family:
     embeddings: str
     stacks: dict[str, LayerStack]  # in forward order; layer indices run on across them
     static_heads: dict[str, StaticHead] = field(default_factory=dict)  # by class-name suffix
+    invertible_owner: str = ""  # the module holding ``invertible_adapters`` (AdapterHub's invertible_adapters_base_name)
 
     def static_head(self, class_name: str) -> StaticHead | None:
         return next((h for suffix, h in self.static_heads.items() if class_name.endswith(suffix)), None)

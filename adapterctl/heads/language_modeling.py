@@ -14,11 +14,20 @@ from .base import HeadOutput, PredictionHead
 class CausalLMHead(PredictionHead):
     """AdapterHub's ``CausalLMHead``: optional (linear, activation, LayerNorm) layers, then the
     projection to the vocabulary, so a checkpoint's ``lm_head`` is ``heads.<name>.0``. Labels
-    are the input ids; the loss predicts each next token (``shift_labels``), -100 ignored."""
+    are the input ids; the loss predicts each next token (``shift_labels``), -100 ignored.
+    ``inverse`` (set by the model) maps the projection's input back through the active
+    invertible (MAD-X) block, ``rev=True``, as AdapterHub's LM heads do; a pre-hook on the
+    projection, so generate(), which calls that Linear alone, runs it too."""
 
     head_type = "causal_lm"
     defaults = {"vocab_size": None, "embedding_size": None, "layers": 1, "activation_function": None,
                 "layer_norm": False, "bias": False, "shift_labels": True, "label2id": None, "dropout_prob": None}
+
+    def __init__(self, name: str, config: dict, model_config, default_dropout: float, pool_last: bool = False):
+        super().__init__(name, config, model_config, default_dropout, pool_last)
+        self.inverse = None
+        self[-1].register_forward_pre_hook(lambda module, args: None if self.inverse is None else (
+            self.inverse(args[0]), *args[1:]))
 
     @classmethod
     def complete(cls, config: dict, model_config) -> dict:

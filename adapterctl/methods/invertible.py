@@ -7,7 +7,9 @@ the language adapter swaps the block too. The inverse (``rev=True``) maps hidden
 the embedding space, for tied output embeddings of a language-modelling head.
 
 Weight names are AdapterHub's: ``<prefix>.invertible_adapters.<name>.F.0.weight`` (NICE) and
-``...s1.0.weight`` (GLOW), so its MAD-X language adapters load here.
+``...s1.0.weight`` (GLOW), ``<prefix>.encoder.invertible_adapters...`` on encoder-decoders, so its
+MAD-X language adapters load here. LM heads run the inverse before their vocabulary projection
+(``inverse``), as AdapterHub's do.
 """
 
 from __future__ import annotations
@@ -140,6 +142,19 @@ class InvertibleAdapters(nn.ModuleDict):
             return rows_grouped(setup, self, hidden.clone(), lambda name, idx: self[name](hidden[idx], rev=rev))
         block = self.active()
         return hidden if block is None else block(hidden, rev=rev)
+
+
+def owner(backbone: nn.Module, family) -> nn.Module:
+    """The module that holds ``invertible_adapters``: the base model, an encoder-decoder's encoder."""
+    return backbone.get_submodule(family.invertible_owner) if family.invertible_owner else backbone
+
+
+def inverse(backbone: nn.Module, family, hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` mapped back through the active setup's invertible block (``rev=True``); itself
+    when there is none. AdapterHub's LM heads do this before their vocabulary projection, so a
+    language adapter's block and its tied output embeddings stay inverse to each other."""
+    blocks = getattr(owner(backbone, family), "invertible_adapters", None)
+    return hidden if blocks is None else blocks(hidden, rev=True)
 
 
 def _entry_adapters(setup) -> set[str]:

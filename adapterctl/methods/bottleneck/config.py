@@ -29,7 +29,8 @@ class BnConfig(AdapterConfig):
     """A bottleneck adapter: down-projection, non-linearity, up-projection, residual.
 
     ``mh_adapter`` places one after self-attention, ``output_adapter`` one after the
-    feed-forward block; the ``*_ln_*`` and ``residual_*`` flags decide where the adapter sits
+    feed-forward block, ``cross_adapter`` one after an encoder-decoder's cross-attention; the
+    ``*_ln_*`` and ``residual_*`` flags decide where the adapter sits
     relative to the layer's own residual connection and LayerNorm (see ``layer.py``).
     """
 
@@ -88,8 +89,9 @@ class BnConfig(AdapterConfig):
                     f"reduction_factor must be a number > 0 (or a mapping of layer -> number > 0), got {f!r}; "
                     "use e.g. reduction_factor=16"
                 )
-        if not (self.mh_adapter or self.output_adapter):
-            raise AdapterConfigError("an adapter needs mh_adapter=True or output_adapter=True to be placed anywhere")
+        if not (self.mh_adapter or self.output_adapter or self.cross_adapter):
+            raise AdapterConfigError("an adapter needs mh_adapter=True, output_adapter=True or cross_adapter=True to be "
+                                     "placed anywhere")
         if self.init_weights not in INITS:
             raise AdapterConfigError(f"unknown init_weights {self.init_weights!r}; choose one of {', '.join(INITS)}")
         if isinstance(self.scaling, str) and self.scaling not in SCALINGS:
@@ -100,8 +102,6 @@ class BnConfig(AdapterConfig):
             raise AdapterConfigError(f"residual_before_ln must be true, false or 'post_add', got {self.residual_before_ln!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.cross_adapter:
-            raise AdapterConfigError("cross_adapter=True is not supported by adapterctl yet")
         if isinstance(self.stochastic_depth, bool) or not 0.0 <= (self.stochastic_depth or 0.0) < 1.0:
             raise AdapterConfigError(f"stochastic_depth must be in [0, 1), got {self.stochastic_depth!r}")
         if self.phm_layer:
