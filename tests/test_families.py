@@ -51,6 +51,7 @@ _BART_LIKE = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attent
                   encoder_ffn_dim=37, decoder_ffn_dim=37, vocab_size=99, max_position_embeddings=64)
 SEQ2SEQ = {
     "t5": lambda: T5Config(**_T5_LIKE),
+    "t5_v1_1": lambda: T5Config(**_T5_LIKE, feed_forward_proj="gated-gelu"),  # model_type t5, wi_0/wi_1
     "mt5": lambda: MT5Config(**_T5_LIKE),
     "bart": lambda: BartConfig(**_BART_LIKE),
     "mbart": lambda: MBartConfig(**_BART_LIKE),
@@ -234,6 +235,15 @@ def test_encoder_decoder_adapters_heads_and_generation_follow_adapterhub(family)
             tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
                                     min_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=pad)
         assert torch.equal(tokens, ref[f"generate.{name}.cache"]), name
+
+
+def test_t5_v1_1s_gated_feed_forward_takes_intermediate_lora_on_wi_1_as_adapterhub():
+    model = causal_lm("t5_v1_1")
+    model.add_adapter("lora", METHODS["lora"])
+    adapted = {n.split(".lora")[0] for n, _ in model.named_parameters() if "DenseReluDense" in n and ".lora" in n}
+    stacks = (("encoder", 1), ("decoder", 2))  # the feed-forward sub-layer's index in each
+    assert adapted == {f"transformer.{stack}.block.{i}.layer.{ff}.DenseReluDense.{w}"
+                       for stack, ff in stacks for i in range(2) for w in ("wi_1", "wo")}
 
 
 def test_a_cross_adapter_alone_needs_cross_attention():

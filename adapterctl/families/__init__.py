@@ -26,6 +26,8 @@ def family_of(model: nn.Module) -> Family:
             f"model type {model_type!r} is not supported; adapterctl supports {', '.join(sorted(FAMILIES))} "
             "(adding a family is one entry in adapterctl/families/ plus a test)"
         )
+    if model_type == "t5" and getattr(model.config, "is_gated_act", False):
+        return FAMILIES["mt5"]  # T5 v1.1 (model_type t5): mT5's gated feed-forward, wi_0 gating wi_1
     return FAMILIES[model_type]
 
 
