@@ -1,17 +1,19 @@
 """PEFT's adapter folders: ``adapter_config.json`` (with ``peft_type``) and
 ``adapter_model.safetensors`` (or a legacy ``adapter_model.bin``, read with ``weights_only=True``),
-keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` / ``.ia3_l``.
+keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
+``.lora_magnitude_vector`` / ``.ia3_l``.
 
 A PEFT folder loads as one of our LoRA or IA3 adapters when what it adapts is a set of the family
 spec's projections (``q k v o``, ``intermediate``, ``output``), the same set in every adapted
 layer: the modules are read from the weight keys, so ``target_modules`` as a list, a regex or
-``all-linear`` need no interpretation. ``use_rslora`` (scaling ``alpha / sqrt(r)``) becomes
-``alpha = lora_alpha * sqrt(r)``, ``layers_to_transform`` ``leave_out``; a PEFT feature that
-changes the computation in a way our adapters cannot express is a one-line error naming it
-(DoRA: PEFT's puts the bias outside the magnitude and norms ``W + s B A``, AdapterHub's inside
-and ``W + B A``; per-module ranks; ``modules_to_save``; IA3's ``feedforward_modules``, which scale
-a projection's input, not its output; modules outside the projections, e.g. ``pooler.dense`` or
-Llama's ``gate_proj``).
+``all-linear`` need no interpretation. Each module's rank is its ``lora_A``'s, its alpha PEFT's
+``alpha_pattern`` match; those that differ from ``r`` / ``lora_alpha`` become our
+``rank_pattern`` / ``alpha_pattern`` entries under their exact paths. ``use_rslora`` (scaling
+``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``layers_to_transform`` ``leave_out``,
+``use_dora`` DoRA with ``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the
+modules PEFT's rule picks, by path). A PEFT feature our adapters cannot express is a one-line
+error naming it (``modules_to_save``; modules outside the projections, e.g. ``pooler.dense`` or
+Llama's ``gate_proj``; ``fan_in_fan_out``).
 
 Written folders hold paths relative to the base model (``AutoModel``), the form PEFT loads with
 ``PeftModel.from_pretrained(AutoModel.from_pretrained(<backbone>), folder)``.
@@ -20,7 +22,10 @@ Written folders hold paths relative to the base model (``AutoModel``), the form 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+
+from transformers.pytorch_utils import Conv1D
 
 from ..errors import AdapterConfigError, CorruptFileError, IncompatibleAdapterError
 from ..io import atomic_dir
@@ -30,11 +35,13 @@ CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
 ATTENTION = ("q", "k", "v", "o")
-SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B"}, "IA3": {".ia3_l": "lora_B"}}
+SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".lora_magnitude_vector": "m.weight"},
+            "IA3": {".ia3_l": "lora_B"}}
 # PEFT fields that change what an adapter computes, and the value under which we can follow it
-UNSUPPORTED = {"use_dora": False, "fan_in_fan_out": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
-               "rank_pattern": {}, "alpha_pattern": {}, "layer_replication": None, "target_parameters": None,
-               "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None}
+# (fan_in_fan_out only says how a Conv1D stores its weight: PEFT sets it from the module's type)
+UNSUPPORTED = {"bias": "none", "lora_bias": False, "modules_to_save": None,
+               "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
+               "alora_invocation_tokens": None, "use_bdlora": None}
 
 
 def is_peft_folder(path: Path) -> bool:
@@ -72,16 +79,21 @@ def _read(model, path: Path, name: str):
                                      f"retrain or re-save the adapter without it")
     weights = read_weights(path, WEIGHTS)
     places = _places(model)
-    adapted: dict[tuple, dict[str, object]] = {}  # (stack, layer, key) -> {our param: tensor}
+    adapted: dict[tuple, dict] = {}  # (stack, layer, key) -> {"path", "peft_path", our param: tensor}
     tensors = {}
     for key, tensor in weights.items():
-        module, param = _split(key, SUFFIXES[kind], path)
-        module = _backbone_path(model, module)
+        peft_path, param = _split(key, SUFFIXES[kind], path)
+        module = _backbone_path(model, peft_path)
         if module not in places:
             raise AdapterConfigError(
                 f"{path} adapts {module}, which adapterctl's LoRA cannot place on a {model.config.model_type} model "
                 f"(it adapts the projections {', '.join(sorted({p[2] for p in places.values()}))})")
-        adapted.setdefault(places[module], {})[param] = tensor
+        stack, idx, layer_key, keys = places[module]
+        if param == "m.weight" or kind == "IA3":  # DoRA's (out,), IA3's (out, 1) or feed-forward (1, in): ours (n, 1)
+            tensor = tensor.reshape(-1, 1)
+        elif param == "lora_A" and len(keys) > 1:  # PEFT's one pair over q | k | v: each slice's pair reads its A
+            tensor = tensor.repeat(len(keys), 1)
+        adapted.setdefault((stack, idx, layer_key), {"path": module, "peft_path": peft_path, "keys": keys})[param] = tensor
         tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
     if not adapted:
         raise CorruptFileError(f"{path}: no PEFT {kind} weights in {WEIGHTS[0]}; re-save the adapter")
@@ -98,16 +110,16 @@ def _split(key: str, suffixes: dict[str, str], path: Path) -> tuple[str, str]:
 
 
 def _places(model) -> dict[str, tuple]:
-    """Backbone-relative module path -> (stack, layer, projection key) for every projection but
-    fused ones (GPT-2's ``c_attn``: PEFT adapts it whole, we per slice)."""
+    """Backbone-relative module path -> (stack, layer, our layer key, the projection keys it
+    serves): a fused projection (GPT-2's ``c_attn``) serves all its slices, ``q+k+v``."""
     paths = {id(m): n for n, m in model.backbone.named_modules()}
     places = {}
     for stack, idx, layer in model.iter_layers():
         spec = model.family.stacks[stack]
         for key, rels in spec.projections.items():
             for rel in (rels,) if isinstance(rels, str) else rels:
-                if rel not in spec.fused:
-                    places[paths[id(layer.get_submodule(rel))]] = (stack, idx, key)
+                keys = spec.fused.get(rel, (key,))
+                places[paths[id(layer.get_submodule(rel))]] = (stack, idx, "+".join(keys), keys)
     return places
 
 
@@ -119,11 +131,11 @@ def _backbone_path(model, module: str) -> str:
 
 
 def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
-    from ..methods.lora.config import LoRAConfig
+    from ..methods.lora.config import LoRAConfig, pattern_key
 
     keys_per_layer: dict[tuple, set] = {}
-    for stack, idx, key in adapted:
-        keys_per_layer.setdefault((stack, idx), set()).add(key)
+    for (stack, idx, _), module in adapted.items():
+        keys_per_layer.setdefault((stack, idx), set()).update(module["keys"])
     kinds = {frozenset(keys) for keys in keys_per_layer.values()}
     if len(kinds) > 1:
         raise AdapterConfigError(f"{path} adapts different projections in different layers; an adapterctl LoRA "
@@ -136,51 +148,84 @@ def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
                   leave_out=sorted({idx for _, idx, _ in model.iter_layers()} - layers))
     if kind == "IA3":
         feedforward = peft.get("feedforward_modules") or []
-        if feedforward:
-            raise AdapterConfigError(
-                f"{path}: PEFT's IA3 feedforward_modules {feedforward} scale their projection's input; "
-                "adapterctl's IA3 (AdapterHub's) scales outputs only")
-        return LoRAConfig(**fields, r=1, alpha=1, composition_mode="scale", init_weights="ia3")
-    ranks = {tuple(p["lora_A"].shape)[0] for p in adapted.values()}
-    r = peft.get("r", 8)
-    if ranks != {r}:
-        raise IncompatibleAdapterError(f"{path}: weights of rank {sorted(ranks)} but the config says r={r}; "
-                                       "re-save the adapter")
-    alpha = peft.get("lora_alpha", 8)
-    if peft.get("use_rslora"):
-        alpha = alpha * math.sqrt(r)  # PEFT's scaling alpha / sqrt(r) as our alpha / r
-    if float(alpha).is_integer():  # LoRAConfig.alpha is an integer, as AdapterHub's
-        alpha = int(alpha)
-    return LoRAConfig(**fields, r=r, alpha=alpha, dropout=float(peft.get("lora_dropout") or 0.0))
+        return LoRAConfig(**fields, r=1, alpha=1, composition_mode="scale", init_weights="ia3",
+                          feedforward_modules=sorted(m["path"] for m in adapted.values()
+                                                     if _feedforward(feedforward, m["peft_path"])))
+    r, alpha = peft.get("r", 8), peft.get("lora_alpha", 8)
+    rank_pattern, alpha_pattern = peft.get("rank_pattern") or {}, peft.get("alpha_pattern") or {}
+    ranks, alphas = {}, {}
+    for module in adapted.values():
+        rank = module["lora_A"].shape[0] // len(module["keys"])
+        if rank != rank_pattern.get(pattern_key(rank_pattern, module["peft_path"]), r):
+            raise IncompatibleAdapterError(f"{path}: {module['path']} has weights of rank {rank}, not the rank its "
+                                           "config (r, rank_pattern) gives; re-save the adapter")
+        module_alpha = alpha_pattern.get(pattern_key(alpha_pattern, module["peft_path"]), alpha)
+        if peft.get("use_rslora"):  # PEFT's scaling alpha / sqrt(r) as our alpha / r
+            module_alpha *= math.sqrt(rank)
+        ranks[module["path"]], alphas[module["path"]] = rank, _number(module_alpha)
+    base_alpha = _number(alpha * math.sqrt(r) if peft.get("use_rslora") else alpha)
+    dora = bool(peft.get("use_dora"))
+    return LoRAConfig(**fields, r=r, alpha=base_alpha, dropout=float(peft.get("lora_dropout") or 0.0),
+                      use_dora=dora, dora_variant="peft" if dora else "adapterhub",
+                      rank_pattern={p: v for p, v in sorted(ranks.items()) if v != r},
+                      alpha_pattern={p: v for p, v in sorted(alphas.items()) if v != base_alpha})
+
+
+def _feedforward(feedforward, module: str) -> bool:
+    """PEFT's IA3 rule: a regex string matches the whole path, a list's names its end."""
+    if isinstance(feedforward, str):
+        return re.fullmatch(feedforward, module) is not None
+    return any(module.endswith(name) for name in feedforward)
+
+
+def _number(value: float) -> int | float:
+    """An integer where it is one (AdapterHub's LoRAConfig.alpha is an int)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def save(model, directory, name: str, overwrite: bool = False) -> Path:
-    """Write the adapter ``name`` as a PEFT folder (plain LoRA, or IA3 scaling outputs)."""
+    """Write the adapter ``name`` as a PEFT folder: plain LoRA (per-module ranks and alphas too),
+    PEFT's DoRA, or IA3 scaling outputs or (``feedforward_modules``) inputs."""
     config = model.adapters_config[name]
-    if config.method != "lora" or config.use_gating or config.use_dora or config.is_vera:
-        raise AdapterConfigError(f"{name!r} cannot be written as a PEFT folder: PEFT's files hold plain LoRA and "
-                                 "IA3 adapters (no gating; DoRA and VeRA compute otherwise there)")
+    if config.method != "lora" or config.use_gating or config.is_vera or (
+            config.use_dora and config.dora_variant != "peft"):
+        raise AdapterConfigError(f"{name!r} cannot be written as a PEFT folder: PEFT's files hold plain LoRA, its own "
+                                 "DoRA (dora_variant='peft') and IA3 adapters (no gating; AdapterHub's DoRA and VeRA "
+                                 "compute otherwise there)")
     scale = config.composition_mode == "scale"
     paths = {id(m): n for n, m in model.backbone.named_modules()}
-    tensors, targets = {}, []
+    tensors, targets, feedforward, ranks, alphas, conv1d = {}, [], [], {}, {}, False
     for (stack, idx, key), layer in sorted(model._method("lora").layers.items()):
         if name not in layer.loras:
             continue
         module = paths[id(layer.linear)]
         targets.append(module)
+        conv1d |= isinstance(layer.linear, Conv1D)
         lora = layer.loras[name]
-        if scale:  # PEFT's IA3 has no alpha: the vector carries it
-            tensors[f"{PREFIX}{module}.ia3_l"] = lora.lora_B.detach() * lora.scaling
-        else:
-            tensors[f"{PREFIX}{module}.lora_A.weight"] = lora.lora_A.detach()
-            tensors[f"{PREFIX}{module}.lora_B.weight"] = lora.lora_B.detach()
+        if scale:  # PEFT's IA3 has no alpha: the vector carries it; a feed-forward one is (1, in)
+            if lora.on_input:
+                tensors[f"{PREFIX}{module}.ia3_l"] = lora.lora_B.detach().reshape(1, -1) * lora.scaling
+                feedforward.append(module)
+            else:
+                tensors[f"{PREFIX}{module}.ia3_l"] = lora.vector().detach()[:, None] * lora.scaling
+            continue
+        # on a fused projection PEFT's one pair is ours side by side: rank n r, B block-diagonal
+        a, b = lora.lora_A.detach(), lora.up().detach()
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = a
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = b
+        if lora.m is not None:
+            tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = lora.m.weight.detach().view(-1)
+        ranks[module], alphas[module] = a.shape[0], _number(lora.scaling * a.shape[0])
     peft = {"peft_type": "IA3" if scale else "LORA", "task_type": None, "inference_mode": True,
-            "base_model_name_or_path": model.model_name, "target_modules": targets}
+            "base_model_name_or_path": model.model_name, "target_modules": targets,
+            "fan_in_fan_out": conv1d}
     if scale:
-        peft.update(feedforward_modules=[], init_ia3_weights=True, fan_in_fan_out=False)
+        peft.update(feedforward_modules=feedforward, init_ia3_weights=True)
     else:
         peft.update(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
-                    fan_in_fan_out=False, use_rslora=False, use_dora=False, init_lora_weights=True)
+                    use_rslora=False, use_dora=config.use_dora, init_lora_weights=True,
+                    rank_pattern={m: v for m, v in ranks.items() if v != config.r},
+                    alpha_pattern={m: v for m, v in alphas.items() if v != config.alpha})
     with atomic_dir(directory, overwrite) as tmp:
         write_json(tmp / CONFIG, peft)
         write_weights(tmp / WEIGHTS[0], tensors)

@@ -4,11 +4,19 @@
 low-rank update added to it; DoRA (``use_dora``) adds a learned magnitude per output row; VeRA
 (``vera_d``, ``vera_b`` set) shares frozen random A and B and trains scaling matrices. All are
 one method because AdapterHub saves them all as ``architecture: "lora"``, which the registry
-maps to one config class."""
+maps to one config class.
+
+Four fields beyond AdapterHub's carry what PEFT's ``LoraConfig`` / ``IA3Config`` can say and
+AdapterHub's cannot, with PEFT's names and matching rules, on module paths relative to the
+backbone (``encoder.layer.1.attention.self.query``): ``rank_pattern`` / ``alpha_pattern`` (a rank
+or alpha per module), ``feedforward_modules`` (IA3 scales these projections' input, not their
+output) and ``dora_variant="peft"`` (PEFT's DoRA). At their defaults they are left out of saved
+files, so AdapterHub's files and config hashes stay as they are."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from ...core.config import AdapterConfig, register_preset
 from ...errors import AdapterConfigError
@@ -16,6 +24,9 @@ from ...errors import AdapterConfigError
 COMPOSITION_MODES = ("add", "scale")
 INITS = ("lora", "bert", "ia3", "vera")
 DTYPES = (None, "float32", "float16", "bfloat16", "float64")
+DORA_VARIANTS = ("adapterhub", "peft")
+# adapterctl's fields beyond AdapterHub's and their defaults, left out of saved files at those
+PEFT_FIELDS = {"rank_pattern": {}, "alpha_pattern": {}, "feedforward_modules": (), "dora_variant": "adapterhub"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,13 @@ class LoRAConfig(AdapterConfig):
     the output by ``alpha * b``. ``use_dora``: DoRA's magnitude. ``vera_d``/``vera_b``: VeRA
     (``vera.py``). A fresh adapter (``init_weights`` ``lora``: B = 0; ``ia3``: b = 1; VeRA with
     ``vera_b=0``; DoRA's magnitude at the weight's norms) leaves outputs unchanged.
+
+    ``rank_pattern`` / ``alpha_pattern``: ``{pattern: r}`` / ``{pattern: alpha}`` overriding ``r`` /
+    ``alpha`` where the regex ``pattern`` matches the end of a module's path at a dot (PEFT's
+    ``get_pattern_key``; the first matching key wins). ``feedforward_modules``: with
+    ``composition_mode="scale"``, the modules whose path ends with one of these names get their
+    input scaled (PEFT's IA3 rule). ``dora_variant``: ``adapterhub`` (``m / ||W + B A|| * (W x +
+    b + s B A x)``) or ``peft`` (``m / ||W + s B A|| * (W x + s B A x) + b``, the norm detached).
     """
 
     selfattn_lora: bool = True
@@ -47,6 +65,10 @@ class LoRAConfig(AdapterConfig):
     vera_d: float | None = None
     vera_b: float | None = None
     dtype: str | None = None
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    feedforward_modules: tuple = ()
+    dora_variant: str = "adapterhub"
 
     def __post_init__(self):
         self._set("leave_out", tuple(int(i) for i in self.leave_out))
@@ -84,6 +106,49 @@ class LoRAConfig(AdapterConfig):
                 raise AdapterConfigError(f"{name} must be a number, got {value!r}")
         if self.composition_mode == "scale" and (self.use_dora or self.is_vera):
             raise AdapterConfigError("DoRA and VeRA add an update (composition_mode='add'); IA3 (scale) takes neither")
+        self._check_patterns()
+
+    def _check_patterns(self):
+        for name, number in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+            for key, value in getattr(self, name).items():
+                if isinstance(value, bool) or not isinstance(value, number) or value <= 0 or not isinstance(key, str):
+                    raise AdapterConfigError(f"{name} maps module-path patterns to positive numbers, got {key!r}: "
+                                             f"{value!r}; use e.g. {name}={{'value': 4}}")
+                try:
+                    re.compile(key)
+                except re.error as e:
+                    raise AdapterConfigError(f"{name} key {key!r} is not a regular expression ({e}); escape it") from None
+        self._set("rank_pattern", dict(self.rank_pattern))
+        self._set("alpha_pattern", dict(self.alpha_pattern))
+        if self.rank_pattern and (self.is_vera or self.composition_mode == "scale"):
+            raise AdapterConfigError("rank_pattern sets LoRA ranks; VeRA shares one rank and IA3 has none: drop it")
+        if isinstance(self.feedforward_modules, str) or not all(isinstance(m, str) for m in self.feedforward_modules):
+            raise AdapterConfigError(f"feedforward_modules must be a list of module names, got "
+                                     f"{self.feedforward_modules!r}; use e.g. ['output.dense']")
+        self._set("feedforward_modules", tuple(self.feedforward_modules))
+        if self.feedforward_modules and (self.composition_mode != "scale" or self.use_gating):
+            raise AdapterConfigError("feedforward_modules choose where an ungated IA3 (composition_mode='scale') "
+                                     "scales the input; drop it for LoRA or gated IA3")
+        if self.dora_variant not in DORA_VARIANTS:
+            raise AdapterConfigError(f"unknown dora_variant {self.dora_variant!r}; use 'adapterhub' or 'peft'")
+
+    def at(self, path: str) -> "LoRAConfig":
+        """The config of the module at ``path`` (relative to the backbone): ``r`` and ``alpha`` as
+        ``rank_pattern`` / ``alpha_pattern`` say there."""
+        changes = {name: patterns[key] for name, patterns in (("r", self.rank_pattern), ("alpha", self.alpha_pattern))
+                   if (key := pattern_key(patterns, path)) is not None}
+        return self.replace(**changes) if changes else self
+
+    def scales_input(self, path: str) -> bool:
+        """IA3 at ``path`` scales the projection's input (PEFT's ``feedforward_modules``: a suffix)."""
+        return any(path.endswith(name) for name in self.feedforward_modules)
+
+    def to_file_dict(self) -> dict:
+        d = self.to_dict()
+        for name, default in PEFT_FIELDS.items():
+            if d[name] == _plain_default(default):
+                del d[name]
+        return d
 
     @property
     def is_vera(self) -> bool:
@@ -93,6 +158,15 @@ class LoRAConfig(AdapterConfig):
         if self.composition_mode == "scale":
             return "ia3"
         return ("dvora" if self.use_dora else "vera") if self.is_vera else "dora" if self.use_dora else "lora"
+
+
+def pattern_key(patterns: dict, path: str) -> str | None:
+    """PEFT's ``get_pattern_key``: the first key whose regex matches the end of ``path`` at a dot."""
+    return next((key for key in patterns if re.match(rf"(.*\.)?({key})$", path)), None)
+
+
+def _plain_default(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 register_preset("lora", LoRAConfig)

@@ -80,7 +80,9 @@ class LowRank(nn.Module):
     """What LoRA and VeRA share: an update ``alpha / r * U x`` added to the projection's output,
     dropout on its input, AdapterHub's gate, and DoRA's magnitude ``m`` (``use_dora``), which
     rescales the whole output row-wise: ``m / ||W + U||_row * (W x + b + alpha / r * U x)``
-    (AdapterHub's form: the norm takes ``U`` unscaled and the bias is inside)."""
+    (AdapterHub's form: the norm takes ``U`` unscaled and the bias is inside), or with
+    ``dora_variant="peft"`` all but the bias, by ``m / ||W + alpha / r * U||_row`` with the norm
+    detached from the gradient (PEFT's form, after the DoRA paper's section 4.3)."""
 
     def __init__(self, config: LoRAConfig, linear: nn.Module):
         super().__init__()
@@ -88,6 +90,7 @@ class LowRank(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
         self.gate = _gate(config, features(linear)[0])
         self.m = magnitude(weight_of(linear), config.dtype) if config.use_dora else None
+        self.peft_dora = config.dora_variant == "peft"
         self._merged_scale: torch.Tensor | None = None  # DoRA's row scale while merged
 
     @property
@@ -110,15 +113,24 @@ class LowRank(nn.Module):
         return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
 
     def combine(self, output: torch.Tensor, hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
-        return output + hidden if self.m is None else self.dora_scale(weight_of(linear)) * (output + hidden)
+        if self.m is None:
+            return output + hidden
+        scale = self.dora_scale(weight_of(linear))
+        if self.peft_dora and linear.bias is not None:
+            return scale * (output - linear.bias + hidden) + linear.bias
+        return scale * (output + hidden)
 
     def dora_scale(self, weight: torch.Tensor) -> torch.Tensor:
-        return self.m.weight.view(-1) / torch.linalg.norm(weight + self.delta_w.to(weight.dtype), dim=1)
+        if not self.peft_dora:
+            return self.m.weight.view(-1) / torch.linalg.norm(weight + self.delta_w.to(weight.dtype), dim=1)
+        norm = torch.linalg.norm(weight + self.scaling * self.delta_w.to(weight.dtype), dim=1)
+        return self.m.weight.view(-1) / norm.detach()
 
     def merge_into(self, linear: nn.Module) -> None:
-        """``W += s U``; with DoRA ``W = c (W + s U)`` and ``b = c b`` for the row scale ``c``, so
-        the merged layer gives the unmerged outputs (AdapterHub's DoRA merge leaves the bias and
-        ignores ``s``, and its reset does not restore the weights)."""
+        """``W += s U``; with DoRA ``W = c (W + s U)`` and ``b = c b`` for the row scale ``c``
+        (PEFT's variant: ``b`` stays), so the merged layer gives the unmerged outputs
+        (AdapterHub's DoRA merge leaves the bias and ignores ``s``, and its reset does not
+        restore the weights)."""
         weight = weight_of(linear)
         update = self.scaling * self.delta_w.to(weight.dtype)
         if self.m is None:
@@ -126,7 +138,7 @@ class LowRank(nn.Module):
             return
         scale = self._merged_scale = self.dora_scale(weight)
         weight.add_(update).mul_(scale[:, None])
-        if linear.bias is not None:
+        if linear.bias is not None and not self.peft_dora:
             linear.bias.mul_(scale)
 
     def unmerge_from(self, linear: nn.Module) -> None:
@@ -135,7 +147,7 @@ class LowRank(nn.Module):
         if self.m is not None:
             scale, self._merged_scale = self._merged_scale, None
             weight.div_(scale[:, None])
-            if linear.bias is not None:
+            if linear.bias is not None and not self.peft_dora:
                 linear.bias.div_(scale)
         weight -= update
 
@@ -200,14 +212,21 @@ def magnitude(weight: torch.Tensor, dtype: str | None) -> nn.Linear:
 
 
 class IA3(nn.Module):
-    """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one."""
+    """(IA)^3: the projection's output scaled by ``alpha * b``; b starts at one. ``on_input``
+    (PEFT's ``feedforward_modules``): the projection's input instead, ``W (alpha * b * x) + bias``,
+    b (in x 1); computed after the projection as ``out + W ((alpha * b - 1) * x)``, alone only
+    (a composition combines outputs)."""
 
     def __init__(self, config: LoRAConfig, linear: nn.Module, slices: tuple[bool, ...] | None = None,
-                 groups: int = 1):
+                 groups: int = 1, on_input: bool = False):
         super().__init__()
         in_features, out_features = features(linear)
+        if on_input and slices is not None:
+            raise AdapterConfigError("IA3 cannot scale the input of a fused projection (GPT-2's c_attn) for only "
+                                     "some of its slices; drop it from feedforward_modules")
+        self.on_input = on_input
         self.fused = _Slices(slices, out_features, groups)
-        self.lora_B = nn.Parameter(torch.zeros(self.fused.width(out_features), 1))
+        self.lora_B = nn.Parameter(torch.zeros(in_features if on_input else self.fused.width(out_features), 1))
         self.scaling = config.alpha
         self.gate = _gate(config, in_features)
         generator = init_generator(config.init_weights_seed)
@@ -224,25 +243,36 @@ class IA3(nn.Module):
         return self.fused.place(self.lora_B, 1.0).view(-1)
 
     def forward(self, hidden: torch.Tensor | None, layer_input: torch.Tensor) -> torch.Tensor:
+        if self.on_input:
+            raise AdapterConfigError("an IA3 adapter that scales a projection's input (feedforward_modules) runs "
+                                     "alone or merged, not in a composition block; activate it by itself")
         vector = self.vector().view(1, 1, -1).expand(layer_input.shape[0], 1, -1)
         out = vector if hidden is None else hidden * vector
         return out * _gate_value(self.gate, layer_input) if self.gate is not None else out * self.scaling
 
     @property
     def plain(self) -> bool:
-        return self.gate is None
+        return self.gate is None and not self.on_input
 
     def combine(self, output: torch.Tensor, hidden: torch.Tensor, linear: nn.Module) -> torch.Tensor:
         return output * hidden
+
+    def scale_input(self, x: torch.Tensor, out: torch.Tensor, linear: nn.Module) -> torch.Tensor:
+        """``on_input``: the output for the input scaled by ``alpha * b``, bias unscaled."""
+        return out + F.linear(x * (self.lora_B.view(-1) * self.scaling - 1), weight_of(linear))
 
     def _factor(self, weight: torch.Tensor) -> torch.Tensor:
         return (self.vector() * self.scaling).to(weight.dtype)
 
     def merge_into(self, linear: nn.Module) -> None:
         """Scale the weight's rows and the bias: the whole output is scaled (AdapterHub leaves the
-        bias unscaled, so its merged outputs differ from its unmerged ones)."""
+        bias unscaled, so its merged outputs differ from its unmerged ones); ``on_input``: the
+        weight's columns."""
         weight = weight_of(linear)
         factor = self._factor(weight)
+        if self.on_input:
+            weight *= factor[None, :]
+            return
         weight *= factor[:, None]
         if linear.bias is not None:
             linear.bias *= factor
@@ -250,6 +280,9 @@ class IA3(nn.Module):
     def unmerge_from(self, linear: nn.Module) -> None:
         weight = weight_of(linear)
         factor = self._factor(weight)
+        if self.on_input:
+            weight /= factor[None, :]
+            return
         weight /= factor[:, None]
         if linear.bias is not None:
             linear.bias /= factor
@@ -319,6 +352,8 @@ class LoRALayer(ComposableLayer):
         is added by the matmul that computes it (``addmm``), IA3 scales in one multiply; in place
         without autograd (``out`` is the projection's own temporary)."""
         grad = torch.is_grad_enabled()
+        if isinstance(lora, IA3) and lora.on_input:
+            return lora.scale_input(x, out, self.linear)
         if not lora.plain:
             return lora.combine(out, lora(None, x), self.linear)
         if isinstance(lora, IA3):

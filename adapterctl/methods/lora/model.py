@@ -28,6 +28,7 @@ class LoRAMethod(Method):
     def add(self, name: str, config: LoRAConfig) -> None:
         host = self.host
         places = self._places(config)
+        paths = {id(m): n for n, m in host.backbone.named_modules()}
         sites = []
         for stack, idx, layer in host.iter_layers():
             if idx in config.leave_out:
@@ -43,12 +44,16 @@ class LoRAMethod(Method):
                                      "query_key_value); use LoRA or IA3 there")
         shared = self._add_shared(name, config, [site.linear for site, _, _ in sites]) if config.is_vera else None
         for site, slices, groups in sites:
-            site.loras[name] = host.like_model(self._module(config, site.linear, shared, slices, groups))
+            path = paths[id(site.linear)]
+            module = self._module(config.at(path), site.linear, shared, slices, groups, config.scales_input(path))
+            site.loras[name] = host.like_model(module)
 
     @staticmethod
-    def _module(config: LoRAConfig, linear: nn.Module, shared: SharedMatrices | None, slices, groups: int):
+    def _module(config: LoRAConfig, linear: nn.Module, shared: SharedMatrices | None, slices, groups: int,
+                on_input: bool):
+        """The module at one projection, ``config`` being that module's (``LoRAConfig.at``)."""
         if config.composition_mode == "scale":
-            return IA3(config, linear, slices, groups)
+            return IA3(config, linear, slices, groups, on_input)
         return VeRA(config, linear, shared) if shared is not None else LoRA(config, linear, slices, groups)
 
     def _add_shared(self, name: str, config: LoRAConfig, linears: list[nn.Linear]) -> SharedMatrices:
