@@ -1,6 +1,7 @@
 """Prefix tuning (``prefix_tuning``, ``prefix_tuning_flat``): AdapterHub's outputs and files on a
-tiny BERT and a tiny Llama, the mask grown to match (padding, left padding), generation with a
-KV cache, compositions, ejecting, gates, freezing and parameter counts."""
+tiny BERT, a tiny Llama and tiny T5 / BART / mBART (encoder, decoder and cross-attention prefixes),
+the mask grown to match (padding, left padding), generation with a KV cache, compositions,
+ejecting, gates, freezing and parameter counts."""
 
 import contextlib
 from pathlib import Path
@@ -16,6 +17,7 @@ from conftest import batch, perturb, tiny_llama, tiny_model
 FIXTURES = Path(__file__).parent / "fixtures"
 METHODS = FIXTURES / "adapterhub_methods"
 LLAMA = FIXTURES / "adapterhub_decoders" / "llama"
+SEQ2SEQ = FIXTURES / "adapterhub_decoders"  # <family>/methods: make_encdec_methods.py
 SMALL = "prefix_tuning[prefix_length=3, bottleneck_size=8]"
 
 
@@ -257,7 +259,7 @@ def test_bad_prefix_configs_are_one_line_errors():
     assert model.config._attn_implementation == "sdpa"  # the failed add left nothing behind
 
 
-def test_gpt2_takes_prefixes_and_refts_with_a_kv_cache_and_encoder_decoders_refuse_them():
+def test_gpt2_takes_prefixes_and_refts_with_a_kv_cache_and_encoder_decoders_refuse_prompts():
     from transformers import AutoModelForCausalLM, GPT2Config, T5Config
 
     torch.manual_seed(0)
@@ -275,6 +277,80 @@ def test_gpt2_takes_prefixes_and_refts_with_a_kv_cache_and_encoder_decoders_refu
         model.add_adapter("q", "prompt_tuning")
     t5 = AdapterModel(AutoModel.from_config(T5Config(d_model=32, num_layers=1, num_heads=4, d_ff=37, d_kv=8,
                                                      vocab_size=99)))
-    for config in ("prefix_tuning", "loreft", "prompt_tuning"):
+    for config in ("loreft", "prompt_tuning"):
         with pytest.raises(AdapterConfigError, match="not supported on .*t5"):
             t5.add_adapter("x", config)
+
+
+def seq2seq(family):
+    """The family's AdapterHub backbone (its LM head is ``default``), the inputs and AdapterHub's outputs."""
+    ref = load_file(SEQ2SEQ / family / "methods" / "reference_outputs.safetensors")
+    base = load_file(SEQ2SEQ / family / "reference_outputs.safetensors")
+    inputs = {k: base[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    return AdapterModel.from_pretrained(SEQ2SEQ / family / "backbone").eval(), inputs, ref
+
+
+def seq2seq_outputs(model, inputs, setup):
+    with torch.no_grad(), model.adapter_setup(setup, head="default"):
+        out = model.backbone(**inputs)
+        return {"enc_hidden": out.encoder_last_hidden_state, "hidden": out[0], "logits": model(**inputs).logits}
+
+
+def greedy(model, inputs, setup, family, use_cache=True):
+    with torch.no_grad(), model.adapter_setup(setup, head="default"):
+        return model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6,
+                              min_new_tokens=6, do_sample=False, use_cache=use_cache, pad_token_id=int(family != "t5"))
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
+def test_encoder_decoder_prefixes_and_unions_of_adapterhub_give_its_outputs_and_tokens(family):
+    """AdapterHub's encoder_prefix / self_prefix / cross_prefix places and names: the default
+    config, one without an encoder prefix and with leave_out and per-key/value gates (on T5 a
+    left-out first decoder layer leaves the next without relative positions, as AdapterHub's T5
+    does), a flat one without cross prefix, and MAM and UniPELT. References are AdapterHub run
+    with eager attention (its sdpa path masks BART's decoder prefix wrongly; make_encdec_methods.py)."""
+    model, inputs, ref = seq2seq(family)
+    for name in ("pt", "ptsw", "flatpt", "mam", "unipelt"):
+        model.load_adapter(SEQ2SEQ / family / "methods" / "bin" / name, with_head=False)
+        for key, value in seq2seq_outputs(model, inputs, name).items():
+            close(value, ref[f"{name}.{key}"])
+    assert (ref["pt.enc_hidden"] - ref["base.enc_hidden"]).abs().max() > 1e-2  # each location changes something
+    assert (ref["ptsw.enc_hidden"] - ref["base.enc_hidden"]).abs().max() == 0  # encoder_prefix=False
+    assert list(model.backbone.prefix_tuning.prefix_tunings["pt"]) == ["encoder_prefix", "self_prefix", "cross_prefix"]
+    assert list(model.backbone.prefix_tuning.prefix_tunings["ptsw"]) == ["self_prefix", "cross_prefix"]
+    for name in ("pt", "ptsw"):
+        assert torch.equal(greedy(model, inputs, name, family), ref[f"generate.{name}.cache"])
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_prefix_decodes_the_same_step_by_step_with_a_kv_cache(family):
+    model, inputs, ref = seq2seq(family)
+    model.load_adapter(SEQ2SEQ / family / "methods" / "bin" / "pt", with_head=False)
+    model.set_active_adapters("pt")
+    lm, ids = model._causal_lm("default"), inputs["decoder_input_ids"]
+    encoder = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        full = lm(**encoder, decoder_input_ids=ids).logits
+        out = lm(**encoder, decoder_input_ids=ids[:, :2], use_cache=True)
+        steps = [out.logits]
+        for i in range(2, ids.shape[1]):
+            out = lm(encoder_outputs=(out.encoder_last_hidden_state,), attention_mask=inputs["attention_mask"],
+                     decoder_input_ids=ids[:, i:i + 1], cache=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    close(torch.cat(steps, dim=1), full)
+    close(full, ref["pt.logits"])
+    assert out.past_key_values.get_seq_length() == ids.shape[1]  # the cache never holds a prefix
+    assert torch.equal(greedy(model, inputs, "pt", family, use_cache=False), ref["generate.pt.cache"])
+
+
+def test_encoder_decoder_prefix_ejects_saves_and_reloads_under_adapterhubs_names(tmp_path):
+    model, inputs, ref = seq2seq("t5")
+    model.load_adapter(SEQ2SEQ / "t5" / "methods" / "bin" / "pt", load_as="ej", with_head=False)
+    model.eject_prefix_tuning("ej")
+    close(seq2seq_outputs(model, inputs, "ej")["logits"], ref["ejectpt.logits"])
+    model.save_adapter(tmp_path / "ej", "ej")
+    assert set(load_file(tmp_path / "ej" / "adapter.safetensors")) == {
+        f"transformer.prefix_tuning.prefix_tunings.ej.{where}_prefix.control_trans" for where in ("encoder", "self", "cross")}
+    fresh, _, _ = seq2seq("t5")
+    fresh.load_adapter(tmp_path / "ej")
+    close(seq2seq_outputs(fresh, inputs, "ej")["logits"], ref["pt.logits"])

@@ -28,6 +28,8 @@ def _t5_stack(stack: str, ff: int) -> LayerStack:
         path=f"{stack}.block",
         attention="layer.0.SelfAttention",
         sites=sites,
+        self_location="self_prefix" if ff == 2 else "encoder_prefix",
+        cross_attention="layer.1.EncDecAttention" if ff == 2 else "",
         # AdapterHub's selfattn_lora adapts T5's self- and cross-attention alike
         projections={**{key: tuple(f"{a}.{key}" for a in attention) for key in ("q", "k", "v", "o")},
                      "intermediate": f"layer.{ff}.DenseReluDense.wi", "output": f"layer.{ff}.DenseReluDense.wo"},
@@ -70,6 +72,8 @@ def _bart_stack(stack: str, pre_ln: bool) -> LayerStack:
         path=f"{stack}.layers",
         attention="self_attn",
         sites=sites,
+        self_location="self_prefix" if decoder else "encoder_prefix",
+        cross_attention="encoder_attn" if decoder else "",
         projections={**{key: tuple(f"{a}.{key}_proj" for a in attention) for key in ("q", "k", "v")},
                      "o": tuple(f"{a}.out_proj" for a in attention), "intermediate": "fc1", "output": "fc2"},
     )

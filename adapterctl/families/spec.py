@@ -48,6 +48,10 @@ class LayerStack:
     # The config attribute that counts the groups a fused output is laid out in (GPT-NeoX: per
     # head, q_h | k_h | v_h); None: one group (GPT-2: q | k | v)
     fused_groups: str | None = None
+    # Prefix tuning's places, by AdapterHub's location keys: the self-attention's is "self_prefix"
+    # ("encoder_prefix" in an encoder-decoder's encoder), the decoder's cross-attention "cross_prefix"
+    self_location: str = "self_prefix"
+    cross_attention: str = ""  # an encoder-decoder decoder's cross-attention module
 
 
 @dataclass(frozen=True)

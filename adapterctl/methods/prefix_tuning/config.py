@@ -18,10 +18,11 @@ class PrefixTuningConfig(AdapterConfig):
     ``bottleneck_size`` -> ``non_linearity`` -> all layers' keys and values) unless ``flat``,
     which learns them directly. ``eject_prefix_tuning`` turns a trained MLP into its flat
     output. ``use_gating`` (UniPELT) scales each layer's prefix by a learned sigmoid gate, one
-    for keys and values (``shared_gating``) or one each. ``encoder_prefix`` and
-    ``cross_prefix`` are AdapterHub's switches for encoder-decoder models; encoders and
-    decoders use the self-attention prefix whatever they say. Not an identity at init: a
-    fresh prefix changes the outputs.
+    for keys and values (``shared_gating``) or one each. On encoder-decoders (AdapterHub's
+    switches) ``encoder_prefix`` puts a prefix in the encoder's self-attention and
+    ``cross_prefix`` one in the decoder's cross-attention; the decoder's self-attention always
+    has one, and encoders and decoders use the self-attention prefix whatever they say. Not an
+    identity at init: a fresh prefix changes the outputs.
     """
 
     encoder_prefix: bool = True

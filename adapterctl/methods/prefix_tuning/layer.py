@@ -2,9 +2,12 @@
 and values.
 
 Weight names are AdapterHub's (``methods/prefix_tuning.py`` of ``adapters`` 1.3): one pool per
-model, ``<base>.prefix_tuning.prefix_tunings.<name>.self_prefix.{wte,control_trans}...``, which
-computes every layer's keys and values at once, and per attention layer the gates
-``<attention>.prefix_tuning.prefix_gates.<name>.{weight,bias}`` (``use_gating``).
+model, ``<base>.prefix_tuning.prefix_tunings.<name>.<location>.{wte,control_trans}...``, which
+computes the keys and values of every layer at that location at once, and per attention layer the
+gates ``<attention>.prefix_tuning.prefix_gates.<name>.{weight,bias}`` (``use_gating``). Locations
+are AdapterHub's: ``self_prefix`` (encoders', decoders' and an encoder-decoder's decoder
+self-attention), ``encoder_prefix`` (an encoder-decoder's encoder) and ``cross_prefix`` (its
+decoder's cross-attention).
 
 The prefixes enter where transformers' attention modules call their attention function
 (``attention.py``): after the key/value projections, RoPE and the KV cache, so a cache never
@@ -26,9 +29,6 @@ from ...core import composer
 from ...core.activation import Activation
 from ..base import ComposableLayer, seeded
 from .config import PrefixTuningConfig
-
-LOCATION = "self_prefix"  # encoders' and decoders' self-attention; encoder-decoders would add encoder_ and cross_
-
 
 class _Prefix(nn.Module):
     """One location's prefix for all ``n_layers`` layers that have it."""
@@ -87,10 +87,10 @@ class PrefixTuningPool(nn.Module):
         super().__init__()
         self.prefix_tunings = nn.ModuleDict()
 
-    def key_values(self, name: str, stash: dict) -> torch.Tensor:
-        key = ("prefix_tuning", name)
+    def key_values(self, name: str, location: str, stash: dict) -> torch.Tensor:
+        key = ("prefix_tuning", name, location)
         if key not in stash:
-            stash[key] = self.prefix_tunings[name][LOCATION].key_values()
+            stash[key] = self.prefix_tunings[name][location].key_values()
         return stash[key]
 
 
@@ -104,14 +104,15 @@ class PrefixState(NamedTuple):
 
 
 class PrefixTuningLayer(ComposableLayer):
-    """The prefix adapters of one attention layer: which slot of each adapter's pool output is
-    this layer's (``prefixes``) and their gates (``prefix_gates``, AdapterHub's keys)."""
+    """The prefix adapters of one attention layer: which slot of each adapter's pool output at
+    this ``location`` is this layer's (``prefixes``) and their gates (``prefix_gates``, AdapterHub's keys)."""
 
     container = "prefix_gates"
 
-    def __init__(self, layer_idx: int, context, pool: PrefixTuningPool, attention: nn.Module):
+    def __init__(self, layer_idx: int, context, pool: PrefixTuningPool, attention: nn.Module, location: str):
         super().__init__(layer_idx, context)
         object.__setattr__(self, "pool", pool)  # the backbone's module, not this layer's
+        self.location = location
         self.prefixes: dict[str, int] = {}
         attention.add_module("prefix_tuning", self)
         attention.register_forward_pre_hook(self._capture_input, with_kwargs=True)
@@ -140,7 +141,7 @@ class PrefixTuningLayer(ComposableLayer):
     # -- the composer's operations ---------------------------------------------------------
 
     def compose_single(self, name: str, state: PrefixState) -> PrefixState:
-        pair = self.pool.key_values(name, self.context.state.stash)[self.prefixes[name]]
+        pair = self.pool.key_values(name, self.location, self.context.state.stash)[self.prefixes[name]]
         rows, length = state.key.shape[0], pair.shape[2]
         keys, values = (t.to(state.key.dtype).expand(rows, -1, -1, -1) for t in pair)
         if name in self.prefix_gates:

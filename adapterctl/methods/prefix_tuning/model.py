@@ -1,6 +1,7 @@
 """Prefix tuning in a model: the pool of every adapter's prefixes on the backbone, a
-``PrefixTuningLayer`` at the self-attention module of each layer the family spec lists, and
-attention routed through ``attention.py`` while any prefix adapter exists."""
+``PrefixTuningLayer`` at each attention module the family spec lists (self-attention; an
+encoder-decoder's decoder also its cross-attention), and attention routed through
+``attention.py`` while any prefix adapter exists."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ...errors import AdapterConfigError
 from ..base import Method
 from . import attention
 from .config import PrefixTuningConfig
-from .layer import LOCATION, FlatPrefixTuning, PrefixTuning, PrefixTuningLayer, PrefixTuningPool
+from .layer import FlatPrefixTuning, PrefixTuning, PrefixTuningLayer, PrefixTuningPool
 
 
 class PrefixTuningMethod(Method):
@@ -27,37 +28,45 @@ class PrefixTuningMethod(Method):
         return backbone.prefix_tuning
 
     def add(self, name: str, config: PrefixTuningConfig) -> None:
-        if self.host.family.kind == "encoder-decoder":
-            raise AdapterConfigError(f"prefix tuning is not supported on encoder-decoder models "
-                                     f"({self.host.config.model_type}) yet; use it on an encoder or a decoder")
         host, model_config = self.host, self.host.config
         heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
-        head_dim = getattr(model_config, "head_dim", None) or host.hidden_size // model_config.num_attention_heads
-        attention.install(model_config)
-        count = 0
+        head_dim = (getattr(model_config, "head_dim", None) or getattr(model_config, "d_kv", None)
+                    or host.hidden_size // model_config.num_attention_heads)
+        attention.install(self.host.backbone)
+        counts: dict[str, int] = {}  # location -> layers with a prefix there, in AdapterHub's order
         for stack, idx, layer in host.iter_layers():
             if idx in config.leave_out:
                 continue
-            prefix_layer = self._layer(stack, idx, layer)
-            prefix_layer.prefixes[name] = count
-            count += 1
-            if config.use_gating:
-                gate = nn.Linear(host.hidden_size, 1 if config.shared_gating else 2)
-                nn.init.normal_(gate.weight, std=0.02)
-                prefix_layer.prefix_gates[name] = host.like_model(gate)
-        if not count:
-            raise AdapterConfigError(f"leave_out={list(config.leave_out)} leaves no layer for the prefix; leave out fewer")
-        if config.flat:
-            prefix = FlatPrefixTuning(config, count, heads, head_dim)
-        else:
-            prefix = PrefixTuning(config, count, heads, head_dim, host.hidden_size)
-        self.pool.prefix_tunings[name] = host.like_model(nn.ModuleDict({LOCATION: prefix}))
+            spec = host.family.stacks[stack]
+            for location, path in ((spec.self_location, spec.attention), ("cross_prefix", spec.cross_attention)):
+                # AdapterHub's switches: encoder_prefix, cross_prefix (a decoder's self_prefix is always there)
+                if not path or not getattr(config, location, True):
+                    continue
+                prefix_layer = self._layer(stack, idx, layer, location, path)
+                prefix_layer.prefixes[name] = counts.get(location, 0)
+                counts[location] = prefix_layer.prefixes[name] + 1
+                if config.use_gating:
+                    gate = nn.Linear(host.hidden_size, 1 if config.shared_gating else 2)
+                    nn.init.normal_(gate.weight, std=0.02)
+                    prefix_layer.prefix_gates[name] = host.like_model(gate)
+        if not counts:
+            if not len(self.pool.prefix_tunings):
+                attention.uninstall(self.host.backbone)
+            raise AdapterConfigError(f"leave_out={list(config.leave_out)} leaves no layer for the prefix (encoder_prefix="
+                                     f"{config.encoder_prefix}, cross_prefix={config.cross_prefix}); leave out fewer")
+        group = nn.ModuleDict()
+        for location, count in counts.items():
+            if config.flat:
+                group[location] = FlatPrefixTuning(config, count, heads, head_dim)
+            else:
+                group[location] = PrefixTuning(config, count, heads, head_dim, host.hidden_size)
+        self.pool.prefix_tunings[name] = host.like_model(group)
 
-    def _layer(self, stack: str, idx: int, layer: nn.Module) -> PrefixTuningLayer:
-        key = (stack, idx, "attention")
+    def _layer(self, stack: str, idx: int, layer: nn.Module, location: str, path: str) -> PrefixTuningLayer:
+        key = (stack, idx, location)
         if key not in self.layers:
-            module = layer.get_submodule(self.host.family.stacks[stack].attention)
-            self.layers[key] = PrefixTuningLayer(idx, self.host.context, self.pool, module)
+            module = layer.get_submodule(path)
+            self.layers[key] = PrefixTuningLayer(idx, self.host.context, self.pool, module, location)
         return self.layers[key]
 
     def delete(self, name: str) -> None:
@@ -69,7 +78,7 @@ class PrefixTuningMethod(Method):
         if name in pool.prefix_tunings:
             del pool.prefix_tunings[name]
         if not len(pool.prefix_tunings):
-            attention.uninstall(self.host.config)
+            attention.uninstall(self.host.backbone)
 
     def modules(self, name: str) -> list[nn.Module]:
         """The adapter's prefix (in the pool), then its gates in layer order; none before it is added."""
@@ -88,7 +97,7 @@ class PrefixTuningMethod(Method):
         ejected files do not reload)."""
         group = self.pool.prefix_tunings[name]
         config = self.host.adapters_config[name]
-        if not isinstance(group[LOCATION], PrefixTuning):
+        if not isinstance(next(iter(group.values())), PrefixTuning):
             raise AdapterConfigError(f"{name!r} is a flat prefix already (flat=True); eject_prefix_tuning turns a "
                                      "reparametrized prefix (flat=False) into its flat form")
         for location, prefix in group.items():
