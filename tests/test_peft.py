@@ -18,7 +18,8 @@ FIXTURES = Path(__file__).parent / "fixtures"
 PEFT = FIXTURES / "peft"
 BERT = FIXTURES / "adapterhub_methods" / "backbone"
 DECODERS = FIXTURES / "adapterhub_decoders"
-BACKBONES = {"bert": BERT, "llama": DECODERS / "llama" / "backbone", "gpt2": DECODERS / "gpt2" / "backbone"}
+BACKBONES = {"bert": BERT, "llama": DECODERS / "llama" / "backbone", "gpt2": DECODERS / "gpt2" / "backbone",
+             "bert_seqcls": PEFT / "bert_seqcls_backbone"}  # a BertForSequenceClassification: our head "default"
 PEFT_PYTHON = Path("/work/envs/peftvenv/bin/python")
 
 
@@ -45,11 +46,18 @@ def max_diffs(got: dict, ref, key: str) -> dict:
     return {k: (v - ref[f"{key}.{k}"]).abs().max().item() for k, v in got.items()}
 
 
+def backbone_of(case: str) -> str:
+    return "bert_seqcls" if case.startswith("bert_seqcls") else case.split("_")[0]
+
+
 @pytest.mark.parametrize("case", ["bert_lora_list", "bert_lora_regex", "bert_lora_layers", "bert_lora_rslora",
-                                  "bert_lora_patterns", "bert_lora_dora", "bert_ia3", "llama_ia3",
-                                  "gpt2_lora_fanin"])
+                                  "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_ia3",
+                                  "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
+                                  "gpt2_lora_fanin", "gpt2_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):
-    backbone = case.split("_")[0]
+    """Every fixture but bert_lora_alllinear (its pooler.dense is outside the layers); with
+    modules_to_save (bert_seqcls_lora: classifier, llama_lora: lm_head) the logits are our head's."""
+    backbone = backbone_of(case)
     model = AdapterModel.from_pretrained(BACKBONES[backbone]).eval()
     name = model.load_adapter(PEFT / case, set_active=True)  # the format is detected
     assert name == case
@@ -90,26 +98,73 @@ def test_a_legacy_bin_is_read_as_tensors_only(ref, tmp_path):
     assert (config.attn_matrices, config.leave_out, config.r, config.alpha) == (("q", "k"), (0,), 4, 8)
 
 
+def test_modules_outside_the_projections_and_a_head(ref):
+    """Llama's gate_proj (no AdapterHub projection) via target_modules; modules_to_save=["lm_head"]
+    as our head named like the adapter, a trained copy: the backbone's own head stays."""
+    model = AdapterModel.from_pretrained(BACKBONES["llama"]).eval()
+    base = outputs(model, ref, "llama")["logits"]
+    model.load_adapter(PEFT / "llama_lora")
+    config = model.adapters_config["llama_lora"]
+    assert "layers.1.mlp.gate_proj" in config.target_modules and len(config.target_modules) == 14
+    assert "llama_lora" in model.backbone.layers[0].mlp.gate_proj.loras
+    assert set(model.heads) == {"default", "llama_lora"}
+    assert not torch.equal(model.heads["llama_lora"][0].weight, model.heads["default"][0].weight)
+    assert torch.equal(outputs(model, ref, "llama")["logits"], base)  # not active: nothing changed
+
+
 @pytest.mark.parametrize("case, message", [
-    ("bert_lora_alllinear", "adapts pooler.dense, which adapterctl's LoRA cannot place"),
-    ("llama_lora_alllinear", "adapts layers.0.mlp.gate_proj, which adapterctl's LoRA cannot place"),
-    ("llama_lora", "modules_to_save=.'lm_head'. is not supported"),
+    ("bert_lora_alllinear", "adapts pooler.dense, which is not a Linear layer inside the transformer layers"),
+    ("bert_lora_list+classifier", r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
 ])
-def test_peft_features_we_cannot_follow_are_named(case, message):
-    model = AdapterModel.from_pretrained(BACKBONES[case.split("_")[0]]).eval()
+def test_peft_features_we_cannot_follow_are_named(case, message, tmp_path):
+    model = AdapterModel.from_pretrained(BERT).eval()
+    folder = PEFT / case
+    if case.endswith("+classifier"):  # a sequence classifier's head, onto a BertModel that has none
+        folder = tmp_path / "lora"
+        shutil.copytree(PEFT / "bert_lora_list", folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["classifier"]}))
+        weights = load_file(folder / "adapter_model.safetensors")
+        save_file({**weights, "base_model.model.classifier.weight": torch.zeros(2, 32)}, folder / "adapter_model.safetensors")
     with pytest.raises(AdapterConfigError, match=message):
-        model.load_adapter(PEFT / case)
+        model.load_adapter(folder)
     assert not model.adapters_config and not any(".loras." in k for k in model.state_dict())
 
 
-OURS = {"lo": "bert", "do": "bert", "ia": "bert", "g2lo": "gpt2", "g2ia": "gpt2"}  # adapter -> backbone
+@pytest.mark.parametrize("fields, message", [
+    (dict(rank_pattern={"value": 0}), "rank_pattern maps module-path patterns to positive numbers"),
+    (dict(alpha_pattern={"(value": 2}), "alpha_pattern key '.value' is not a regular expression"),
+    (dict(feedforward_modules=["output.dense"]), "feedforward_modules choose where an ungated IA3"),
+    (dict(target_modules="query"), "target_modules=.query. must be a list"),
+    (dict(target_modules=[3]), "target_modules must be a list of module names"),
+    (dict(target_modules=["query"], leave_out=[0]), "drop leave_out"),
+    (dict(dora_variant="hf"), "unknown dora_variant 'hf'"),
+])
+def test_bad_peft_fields_are_one_line_errors(fields, message):
+    with pytest.raises(AdapterConfigError, match=message):
+        AdapterModel.from_pretrained(BERT).add_adapter("x", "lora", **fields)
+
+
+def test_target_modules_that_name_nothing_are_refused():
+    model = AdapterModel.from_pretrained(BERT)
+    with pytest.raises(AdapterConfigError, match=r"target_modules \['gate_proj'\] name no Linear module"):
+        model.add_adapter("x", "lora", target_modules=["gate_proj"])
+
+
+OURS = {"lo": "bert", "do": "bert", "ia": "bert", "tm": "bert", "g2lo": "gpt2", "g2ia": "gpt2",
+        "ll": "llama", "llh": "llama", "sc": "bert_seqcls"}  # adapter -> backbone
+HEADED = {"llh": "AutoModelForCausalLM", "sc": "AutoModelForSequenceClassification"}  # PEFT loads these onto task models
 
 
 def ours(tmp_path) -> dict:
     """Trained-looking adapters saved as PEFT, by backbone. BERT: a LoRA (q, v, intermediate) with
     per-module ranks and alphas, PEFT's DoRA, an IA3 scaling output.dense's input. GPT-2: a LoRA
-    on q and v (two slices of the fused c_attn) and the MLP, an IA3 on k, v and the MLP."""
-    models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in ("bert", "gpt2")}
+    on q and v (two slices of the fused c_attn) and the MLP, an IA3 on k, v and the MLP. By
+    target_modules: other modules in each BERT layer, and Llama's gate_proj. With a trained copy
+    of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier."""
+    models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
+    models["bert"].add_adapter("tm", "lora", target_modules=["layer.0.attention.self.query", "layer.1.output.dense"])
+    models["llama"].add_adapter("ll", "lora", r=2, target_modules=["gate_proj", "q_proj"], rank_pattern={"q_proj": 3})
     models["bert"].add_adapter("lo", "lora", r=4, alpha=16, intermediate_lora=True, leave_out=[0],
                                rank_pattern={"value": 2}, alpha_pattern={"intermediate.dense": 3})
     models["bert"].add_adapter("do", "dora", r=2, dora_variant="peft")
@@ -117,18 +172,27 @@ def ours(tmp_path) -> dict:
                                feedforward_modules=["output.dense"])
     models["gpt2"].add_adapter("g2lo", "lora", r=2, alpha=6, intermediate_lora=True)
     models["gpt2"].add_adapter("g2ia", "ia3")
+    for name, backbone in (("llh", "llama"), ("sc", "bert_seqcls")):
+        models[backbone].add_adapter(name, "lora", r=2, output_lora=True)
+        models[backbone].add_head(name, set_active=False, **models[backbone].heads["default"].config)
     for model in models.values():
         perturb(model, ".loras.", std=0.3)
+        perturb(model, "heads.llh", std=0.3)
+        perturb(model, "heads.sc", std=0.3)
     for name, backbone in OURS.items():
         models[backbone].save_adapter(tmp_path / name, name, format="peft")
     return models
 
 
 def our_outputs(models, ref) -> dict:
+    """Each adapter's hidden states, and with its own head the logits (``<name>.logits``)."""
     expected = {}
     for name, backbone in OURS.items():
         with models[backbone].adapter_setup(name):
-            expected[name] = outputs(models[backbone], ref, backbone)["hidden"]
+            out = outputs(models[backbone], ref, backbone)
+        expected[name] = out["hidden"]
+        if name in HEADED:
+            expected[f"{name}.logits"] = out["logits"]
     return expected
 
 
@@ -146,12 +210,20 @@ def test_our_peft_folders_reload_with_our_outputs(ref, tmp_path):
     gpt2 = json.loads((tmp_path / "g2lo" / "adapter_config.json").read_text())
     assert gpt2["fan_in_fan_out"] and gpt2["rank_pattern"] == {f"h.{i}.attn.c_attn": 4 for i in (0, 1)}
     assert load_file(tmp_path / "g2lo" / "adapter_model.safetensors")["base_model.model.h.0.attn.c_attn.lora_B.weight"].shape == (96, 4)
+    assert json.loads((tmp_path / "tm" / "adapter_config.json").read_text())["target_modules"] == [
+        "encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"]
+    headed = json.loads((tmp_path / "llh" / "adapter_config.json").read_text())
+    assert (headed["task_type"], headed["modules_to_save"]) == ("CAUSAL_LM", ["lm_head"])
+    assert "model.layers.0.mlp.up_proj" in headed["target_modules"]  # relative to the LlamaForCausalLM
     expected = our_outputs(models, ref)
-    fresh = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in ("bert", "gpt2")}
+    fresh = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
     for name, backbone in OURS.items():
         fresh[backbone].load_adapter(tmp_path / name, load_as=f"{name}2")
         with fresh[backbone].adapter_setup(f"{name}2"):
-            assert (outputs(fresh[backbone], ref, backbone)["hidden"] - expected[name]).abs().max().item() <= 1e-5
+            out = outputs(fresh[backbone], ref, backbone)
+        assert (out["hidden"] - expected[name]).abs().max().item() <= 1e-5
+        if name in HEADED:
+            assert (out["logits"] - expected[f"{name}.logits"]).abs().max().item() <= 1e-5
     models["bert"].add_adapter("d", "dora")
     with pytest.raises(AdapterConfigError, match="cannot be written as a PEFT folder"):
         models["bert"].save_adapter(tmp_path / "d", "d", format="peft")
@@ -175,29 +247,31 @@ def test_peft_fields_survive_our_own_files(ref, tmp_path):
 
 
 CHECK_IN_PEFT = """
-import json, sys, torch
+import json, sys, torch, transformers
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModel
 folder = sys.argv[1]
 expected, backbones = load_file(folder + "/expected.safetensors"), json.loads(sys.argv[2])
-for name, (backbone, path) in backbones.items():
-    model = PeftModel.from_pretrained(AutoModel.from_pretrained(path), folder + "/" + name).eval()
+for name, (backbone, path, auto) in backbones.items():
+    model = PeftModel.from_pretrained(getattr(transformers, auto).from_pretrained(path), folder + "/" + name).eval()
     with torch.no_grad():
-        out = model(input_ids=expected[backbone + ".input_ids"],
-                    attention_mask=expected[backbone + ".attention_mask"]).last_hidden_state
-    print(name, (out - expected[name]).abs().max().item())
+        out = model(input_ids=expected[backbone + ".input_ids"], attention_mask=expected[backbone + ".attention_mask"],
+                    output_hidden_states=True)
+    diffs = [(out.hidden_states[-1] - expected[name]).abs().max().item()]
+    if name + ".logits" in expected:
+        diffs.append((out.logits - expected[name + ".logits"]).abs().max().item())
+    print(name, max(diffs))
 """
 
 
 @pytest.mark.skipif(not PEFT_PYTHON.exists(), reason="PEFT's environment (/work/envs/peftvenv) is not on this machine")
 def test_peft_loads_our_folders_with_our_outputs(ref, tmp_path):
     expected = our_outputs(ours(tmp_path), ref)
-    for backbone in ("bert", "gpt2"):
+    for backbone in set(OURS.values()):
         for k in ("input_ids", "attention_mask"):
             expected[f"{backbone}.{k}"] = ref[f"inputs.{backbone}.{k}"]
     save_file(expected, tmp_path / "expected.safetensors")
-    backbones = {name: (b, str(BACKBONES[b].resolve())) for name, b in OURS.items()}
+    backbones = {name: (b, str(BACKBONES[b].resolve()), HEADED.get(name, "AutoModel")) for name, b in OURS.items()}
     result = subprocess.run([str(PEFT_PYTHON), "-c", CHECK_IN_PEFT, str(tmp_path), json.dumps(backbones)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,22 +1,29 @@
 """PEFT's adapter folders: ``adapter_config.json`` (with ``peft_type``) and
 ``adapter_model.safetensors`` (or a legacy ``adapter_model.bin``, read with ``weights_only=True``),
 keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
-``.lora_magnitude_vector`` / ``.ia3_l``.
+``.lora_magnitude_vector`` / ``.ia3_l``, and ``<module path>.weight`` for ``modules_to_save``.
 
-A PEFT folder loads as one of our LoRA or IA3 adapters when what it adapts is a set of the family
-spec's projections (``q k v o``, ``intermediate``, ``output``), the same set in every adapted
-layer: the modules are read from the weight keys, so ``target_modules`` as a list, a regex or
-``all-linear`` need no interpretation. Each module's rank is its ``lora_A``'s, its alpha PEFT's
+A PEFT folder loads as one of our LoRA or IA3 adapters when what it adapts are Linear (or
+Conv1D) modules inside the transformer layers. The modules are read from the weight keys, so
+``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
+AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
+config uses them, else our ``target_modules`` lists each path (Llama's ``gate_proj``, modules
+that differ per layer). Each module's rank is its ``lora_A``'s, its alpha PEFT's
 ``alpha_pattern`` match; those that differ from ``r`` / ``lora_alpha`` become our
 ``rank_pattern`` / ``alpha_pattern`` entries under their exact paths. ``use_rslora`` (scaling
-``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``layers_to_transform`` ``leave_out``,
-``use_dora`` DoRA with ``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the
-modules PEFT's rule picks, by path). A PEFT feature our adapters cannot express is a one-line
-error naming it (``modules_to_save``; modules outside the projections, e.g. ``pooler.dense`` or
-Llama's ``gate_proj``; ``fan_in_fan_out``).
+``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``use_dora`` DoRA with
+``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the modules PEFT's rule picks, by
+path). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
+A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
+becomes our head of the adapter's name. What our adapters cannot express is a one-line error
+naming it (a module outside the layers, e.g. BERT's ``pooler.dense``; ``bias``, trainable
+tokens, ...).
 
 Written folders hold paths relative to the base model (``AutoModel``), the form PEFT loads with
-``PeftModel.from_pretrained(AutoModel.from_pretrained(<backbone>), folder)``.
+``PeftModel.from_pretrained(AutoModel.from_pretrained(<backbone>), folder)``, or, where the
+adapter has a head of the checkpoint's kind (written as ``modules_to_save``), relative to the
+task model (``*ForCausalLM``); a fused projection's pairs become one of rank ``n r`` with a
+block-diagonal B.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import math
 import re
 from pathlib import Path
 
+import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import AdapterConfigError, CorruptFileError, IncompatibleAdapterError
@@ -34,12 +42,13 @@ from .files import assign, read_json, read_weights, write_json, write_weights
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 PREFIX = "base_model.model."
+TASKS = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS", "tagging": "TOKEN_CLS"}  # head type -> PEFT's
 ATTENTION = ("q", "k", "v", "o")
 SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".lora_magnitude_vector": "m.weight"},
             "IA3": {".ia3_l": "lora_B"}}
 # PEFT fields that change what an adapter computes, and the value under which we can follow it
 # (fan_in_fan_out only says how a Conv1D stores its weight: PEFT sets it from the module's type)
-UNSUPPORTED = {"bias": "none", "lora_bias": False, "modules_to_save": None,
+UNSUPPORTED = {"bias": "none", "lora_bias": False,
                "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
                "alora_invocation_tokens": None, "use_bdlora": None}
 
@@ -56,10 +65,12 @@ def is_peft_folder(path: Path) -> bool:
 def load(model, path: Path, load_as: str | None = None, set_active: bool = False, overwrite_ok: bool = False) -> str:
     """Load a PEFT folder into ``model`` as the adapter ``load_as`` (default: the folder's name)."""
     name = load_as or Path(path).name
-    config, tensors = _read(model, Path(path), name)
+    config, tensors, saved = _read(model, Path(path), name)
     model.add_adapter(name, config, overwrite_ok=overwrite_ok)
     try:
         assign(tensors, model._state_of(model.adapter_modules(name), keep_vars=True), path)
+        if saved:
+            _load_head(model, name, saved, path, overwrite_ok)
     except BaseException:
         model.delete_adapter(name)
         raise
@@ -79,25 +90,65 @@ def _read(model, path: Path, name: str):
                                      f"retrain or re-save the adapter without it")
     weights = read_weights(path, WEIGHTS)
     places = _places(model)
-    adapted: dict[tuple, dict] = {}  # (stack, layer, key) -> {"path", "peft_path", our param: tensor}
-    tensors = {}
+    adapted: dict[str, dict] = {}  # module path -> {"path", "peft_path", "keys", our param: tensor}
+    tensors, saved = {}, {}  # saved: modules_to_save's module path -> {param: tensor}
     for key, tensor in weights.items():
+        module, _, param = key.removeprefix(PREFIX).rpartition(".")
+        if any(module == m or module.endswith("." + m) for m in peft.get("modules_to_save") or ()):
+            saved.setdefault(module, {})[param] = tensor
+            continue
         peft_path, param = _split(key, SUFFIXES[kind], path)
         module = _backbone_path(model, peft_path)
         if module not in places:
             raise AdapterConfigError(
-                f"{path} adapts {module}, which adapterctl's LoRA cannot place on a {model.config.model_type} model "
-                f"(it adapts the projections {', '.join(sorted({p[2] for p in places.values()}))})")
-        stack, idx, layer_key, keys = places[module]
+                f"{path} adapts {module}, which is not a Linear layer inside the transformer layers of this "
+                f"{model.config.model_type} model; adapterctl's LoRA adapts only those")
+        stack, idx, keys = places[module]
         if param == "m.weight" or kind == "IA3":  # DoRA's (out,), IA3's (out, 1) or feed-forward (1, in): ours (n, 1)
             tensor = tensor.reshape(-1, 1)
         elif param == "lora_A" and len(keys) > 1:  # PEFT's one pair over q | k | v: each slice's pair reads its A
             tensor = tensor.repeat(len(keys), 1)
-        adapted.setdefault((stack, idx, layer_key), {"path": module, "peft_path": peft_path, "keys": keys})[param] = tensor
+        adapted.setdefault(module, {"path": module, "peft_path": peft_path, "keys": keys})[param] = tensor
         tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
     if not adapted:
         raise CorruptFileError(f"{path}: no PEFT {kind} weights in {WEIGHTS[0]}; re-save the adapter")
-    return _config(model, peft, kind, adapted, path), tensors
+    return _config(model, peft, kind, adapted, places, path), tensors, saved
+
+
+def _load_head(model, name: str, saved: dict, path: Path, overwrite_ok: bool) -> None:
+    """PEFT's ``modules_to_save``: trained copies of the task model's head modules (``lm_head``,
+    ``classifier``, ``score``) become our head ``name``, a copy of the head ``default`` that the
+    backbone's checkpoint brought (the family's static head map says which layer is which module)
+    with those weights; as in PEFT, the backbone's own head stays as it was."""
+    layers, default = _head_layers(model), model.heads["default"] if "default" in model.heads else None
+    unknown = sorted(set(saved) - set(layers))
+    if unknown:
+        raise AdapterConfigError(
+            f"{path}: PEFT's modules_to_save {unknown} is not a prediction head adapterctl maps on this model (it maps "
+            f"{sorted(layers) or 'none'}: the head of a checkpoint loaded with it, e.g. a *ForCausalLM); load such a "
+            "backbone or re-save the adapter without modules_to_save")
+    embeddings = model.backbone.get_input_embeddings().weight
+    if any(default[layers[m]].weight is embeddings for m in saved):
+        raise AdapterConfigError(f"{path}: PEFT's modules_to_save {sorted(saved)} is a trained copy of a head tied to "
+                                 "the input embeddings; adapterctl's head would share them: untie the backbone first")
+    head = model.add_head(name, overwrite_ok=overwrite_ok, set_active=False, **default.config)
+    try:
+        head.load_state_dict(default.state_dict())
+        own = dict(head.named_parameters())
+        tensors = {f"{layers[m]}.{p}": t for m, params in saved.items() for p, t in params.items()}
+        assign(tensors, {k: v for k, v in own.items() if k.split(".")[0] in {str(layers[m]) for m in saved}}, path)
+    except BaseException:
+        model.delete_head(name)
+        raise
+
+
+def _head_layers(model) -> dict[str, int]:
+    """The task model's head modules -> the index of their layer in our head ``default`` (the
+    checkpoint's head, by the family's static head map); empty without such a head."""
+    spec = next(filter(None, map(model.family.static_head, model.config.architectures or [])), None)
+    if spec is None or "default" not in model.heads:
+        return {}
+    return {module: i for i, module in enumerate(spec.layers) if module}
 
 
 def _split(key: str, suffixes: dict[str, str], path: Path) -> tuple[str, str]:
@@ -110,16 +161,18 @@ def _split(key: str, suffixes: dict[str, str], path: Path) -> tuple[str, str]:
 
 
 def _places(model) -> dict[str, tuple]:
-    """Backbone-relative module path -> (stack, layer, our layer key, the projection keys it
-    serves): a fused projection (GPT-2's ``c_attn``) serves all its slices, ``q+k+v``."""
+    """Backbone-relative path -> (stack, layer, the projection keys it serves) of every Linear or
+    Conv1D inside the layers: a fused projection (GPT-2's ``c_attn``) serves all its slices, a
+    module the family spec does not name (Llama's ``gate_proj``) none."""
     paths = {id(m): n for n, m in model.backbone.named_modules()}
     places = {}
     for stack, idx, layer in model.iter_layers():
         spec = model.family.stacks[stack]
-        for key, rels in spec.projections.items():
-            for rel in (rels,) if isinstance(rels, str) else rels:
-                keys = spec.fused.get(rel, (key,))
-                places[paths[id(layer.get_submodule(rel))]] = (stack, idx, "+".join(keys), keys)
+        keys = {rel: spec.fused.get(rel, (key,)) for key, rels in spec.projections.items()
+                for rel in ((rels,) if isinstance(rels, str) else rels)}
+        for rel, module in layer.named_modules():
+            if isinstance(module, (nn.Linear, Conv1D)):
+                places[paths[id(module)]] = (stack, idx, keys.get(rel, ()))
     return places
 
 
@@ -130,22 +183,10 @@ def _backbone_path(model, module: str) -> str:
     return module[len(prefix):] if module.startswith(prefix) else module
 
 
-def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
+def _config(model, peft: dict, kind: str, adapted: dict, places: dict, path: Path):
     from ..methods.lora.config import LoRAConfig, pattern_key
 
-    keys_per_layer: dict[tuple, set] = {}
-    for (stack, idx, _), module in adapted.items():
-        keys_per_layer.setdefault((stack, idx), set()).update(module["keys"])
-    kinds = {frozenset(keys) for keys in keys_per_layer.values()}
-    if len(kinds) > 1:
-        raise AdapterConfigError(f"{path} adapts different projections in different layers; an adapterctl LoRA "
-                                 "adapts the same ones in each layer it covers")
-    keys = next(iter(kinds))
-    layers = {idx for _, idx in keys_per_layer}
-    fields = dict(selfattn_lora=any(k in ATTENTION for k in keys),
-                  attn_matrices=[k for k in ATTENTION if k in keys] or ["q", "v"],
-                  intermediate_lora="intermediate" in keys, output_lora="output" in keys,
-                  leave_out=sorted({idx for _, idx, _ in model.iter_layers()} - layers))
+    fields = _placement(model, adapted, places)
     if kind == "IA3":
         feedforward = peft.get("feedforward_modules") or []
         return LoRAConfig(**fields, r=1, alpha=1, composition_mode="scale", init_weights="ia3",
@@ -155,7 +196,7 @@ def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
     rank_pattern, alpha_pattern = peft.get("rank_pattern") or {}, peft.get("alpha_pattern") or {}
     ranks, alphas = {}, {}
     for module in adapted.values():
-        rank = module["lora_A"].shape[0] // len(module["keys"])
+        rank = module["lora_A"].shape[0] // max(1, len(module["keys"]))
         if rank != rank_pattern.get(pattern_key(rank_pattern, module["peft_path"]), r):
             raise IncompatibleAdapterError(f"{path}: {module['path']} has weights of rank {rank}, not the rank its "
                                            "config (r, rank_pattern) gives; re-save the adapter")
@@ -169,6 +210,21 @@ def _config(model, peft: dict, kind: str, adapted: dict, path: Path):
                       use_dora=dora, dora_variant="peft" if dora else "adapterhub",
                       rank_pattern={p: v for p, v in sorted(ranks.items()) if v != r},
                       alpha_pattern={p: v for p, v in sorted(alphas.items()) if v != base_alpha})
+
+
+def _placement(model, adapted: dict, places: dict) -> dict:
+    """AdapterHub's placement fields (projection flags and ``leave_out``) where they adapt exactly
+    the modules PEFT did, else ``target_modules`` naming each."""
+    keys = {k for m in adapted.values() for k in m["keys"]}
+    layers = {places[p][:2] for p in adapted}
+    fields = dict(selfattn_lora=any(k in ATTENTION for k in keys),
+                  attn_matrices=[k for k in ATTENTION if k in keys] or ["q", "v"],
+                  intermediate_lora="intermediate" in keys, output_lora="output" in keys,
+                  leave_out=sorted({idx for _, idx, _ in model.iter_layers()} - {idx for _, idx in layers}))
+    flags = {p for p, (stack, idx, served) in places.items() if (stack, idx) in layers and set(served) & keys}
+    if all(m["keys"] for m in adapted.values()) and flags == set(adapted):
+        return fields
+    return dict(target_modules=sorted(adapted))
 
 
 def _feedforward(feedforward, module: str) -> bool:
@@ -193,7 +249,12 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
                                  "DoRA (dora_variant='peft') and IA3 adapters (no gating; AdapterHub's DoRA and VeRA "
                                  "compute otherwise there)")
     scale = config.composition_mode == "scale"
-    paths = {id(m): n for n, m in model.backbone.named_modules()}
+    head = _head_layers(model)  # written when the adapter's head is the checkpoint's kind (modules_to_save)
+    if name not in model.heads or (head and model.heads[name].config != model.heads["default"].config):
+        head = {}
+    # with a head PEFT loads onto the task model (``*ForCausalLM``), where the backbone sits under its prefix
+    root = model.base_model_prefix + "." if head else ""
+    paths = {id(m): root + n for n, m in model.backbone.named_modules()}
     tensors, targets, feedforward, ranks, alphas, conv1d = {}, [], [], {}, {}, False
     for (stack, idx, key), layer in sorted(model._method("lora").layers.items()):
         if name not in layer.loras:
@@ -216,9 +277,13 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
         if lora.m is not None:
             tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = lora.m.weight.detach().view(-1)
         ranks[module], alphas[module] = a.shape[0], _number(lora.scaling * a.shape[0])
-    peft = {"peft_type": "IA3" if scale else "LORA", "task_type": None, "inference_mode": True,
+    for module, i in head.items():
+        for param, tensor in model.heads[name][i].named_parameters():
+            tensors[f"{PREFIX}{module}.{param}"] = tensor.detach()
+    task = TASKS.get(model.heads[name].config["head_type"]) if head else None
+    peft = {"peft_type": "IA3" if scale else "LORA", "task_type": task, "inference_mode": True,
             "base_model_name_or_path": model.model_name, "target_modules": targets,
-            "fan_in_fan_out": conv1d}
+            "fan_in_fan_out": conv1d, "modules_to_save": sorted(head) or None}
     if scale:
         peft.update(feedforward_modules=feedforward, init_ia3_weights=True)
     else:

@@ -6,11 +6,12 @@ low-rank update added to it; DoRA (``use_dora``) adds a learned magnitude per ou
 one method because AdapterHub saves them all as ``architecture: "lora"``, which the registry
 maps to one config class.
 
-Four fields beyond AdapterHub's carry what PEFT's ``LoraConfig`` / ``IA3Config`` can say and
+Five fields beyond AdapterHub's carry what PEFT's ``LoraConfig`` / ``IA3Config`` can say and
 AdapterHub's cannot, with PEFT's names and matching rules, on module paths relative to the
-backbone (``encoder.layer.1.attention.self.query``): ``rank_pattern`` / ``alpha_pattern`` (a rank
-or alpha per module), ``feedforward_modules`` (IA3 scales these projections' input, not their
-output) and ``dora_variant="peft"`` (PEFT's DoRA). At their defaults they are left out of saved
+backbone (``encoder.layer.1.attention.self.query``): ``target_modules`` (any Linear inside the
+layers, e.g. Llama's ``mlp.gate_proj``, differing per layer as it may), ``rank_pattern`` /
+``alpha_pattern`` (a rank or alpha per module), ``feedforward_modules`` (IA3 scales these
+projections' input, not their output) and ``dora_variant="peft"`` (PEFT's DoRA). At their defaults they are left out of saved
 files, so AdapterHub's files and config hashes stay as they are."""
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ INITS = ("lora", "bert", "ia3", "vera")
 DTYPES = (None, "float32", "float16", "bfloat16", "float64")
 DORA_VARIANTS = ("adapterhub", "peft")
 # adapterctl's fields beyond AdapterHub's and their defaults, left out of saved files at those
-PEFT_FIELDS = {"rank_pattern": {}, "alpha_pattern": {}, "feedforward_modules": (), "dora_variant": "adapterhub"}
+PEFT_FIELDS = {"target_modules": (), "rank_pattern": {}, "alpha_pattern": {}, "feedforward_modules": (),
+               "dora_variant": "adapterhub"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class LoRAConfig(AdapterConfig):
     (``vera.py``). A fresh adapter (``init_weights`` ``lora``: B = 0; ``ia3``: b = 1; VeRA with
     ``vera_b=0``; DoRA's magnitude at the weight's norms) leaves outputs unchanged.
 
+    ``target_modules``: when given, it alone places the adapter (``selfattn_lora``,
+    ``attn_matrices``, ``intermediate_lora`` and ``output_lora`` are then unused): on every Linear
+    (or Conv1D) inside the layers whose path is a name of the list or ends with ``.`` + one (PEFT's
+    list rule); a fused projection it names is adapted whole (all slices).
     ``rank_pattern`` / ``alpha_pattern``: ``{pattern: r}`` / ``{pattern: alpha}`` overriding ``r`` /
     ``alpha`` where the regex ``pattern`` matches the end of a module's path at a dot (PEFT's
     ``get_pattern_key``; the first matching key wins). ``feedforward_modules``: with
@@ -65,6 +71,7 @@ class LoRAConfig(AdapterConfig):
     vera_d: float | None = None
     vera_b: float | None = None
     dtype: str | None = None
+    target_modules: tuple = ()
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
     feedforward_modules: tuple = ()
@@ -122,10 +129,15 @@ class LoRAConfig(AdapterConfig):
         self._set("alpha_pattern", dict(self.alpha_pattern))
         if self.rank_pattern and (self.is_vera or self.composition_mode == "scale"):
             raise AdapterConfigError("rank_pattern sets LoRA ranks; VeRA shares one rank and IA3 has none: drop it")
-        if isinstance(self.feedforward_modules, str) or not all(isinstance(m, str) for m in self.feedforward_modules):
-            raise AdapterConfigError(f"feedforward_modules must be a list of module names, got "
-                                     f"{self.feedforward_modules!r}; use e.g. ['output.dense']")
-        self._set("feedforward_modules", tuple(self.feedforward_modules))
+        for name in ("target_modules", "feedforward_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(m, str) and m for m in value):
+                raise AdapterConfigError(f"{name} must be a list of module names, got {value!r}; use e.g. "
+                                         "['output.dense']")
+            self._set(name, tuple(value))
+        if self.target_modules and self.leave_out:
+            raise AdapterConfigError("target_modules names the adapted modules layer by layer; drop leave_out "
+                                     "(name only the layers' modules you want)")
         if self.feedforward_modules and (self.composition_mode != "scale" or self.use_gating):
             raise AdapterConfigError("feedforward_modules choose where an ungated IA3 (composition_mode='scale') "
                                      "scales the input; drop it for LoRA or gated IA3")
@@ -138,6 +150,10 @@ class LoRAConfig(AdapterConfig):
         changes = {name: patterns[key] for name, patterns in (("r", self.rank_pattern), ("alpha", self.alpha_pattern))
                    if (key := pattern_key(patterns, path)) is not None}
         return self.replace(**changes) if changes else self
+
+    def targets(self, path: str) -> bool:
+        """``target_modules`` names the module at ``path`` (PEFT's list rule)."""
+        return any(path == name or path.endswith("." + name) for name in self.target_modules)
 
     def scales_input(self, path: str) -> bool:
         """IA3 at ``path`` scales the projection's input (PEFT's ``feedforward_modules``: a suffix)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from transformers.pytorch_utils import Conv1D
 
 from ...core.composition import Average, BatchSplit, Parallel, Stack
 from ...errors import AdapterConfigError
@@ -34,11 +35,16 @@ class LoRAMethod(Method):
             if idx in config.leave_out:
                 continue
             spec = host.family.stacks[stack]
-            for key, path, slices in _targets(places, spec.projections, spec.fused):
+            named = _named(layer, spec, paths, config) if config.target_modules else _targets(places, spec)
+            for key, path, slices in named:
                 if (stack, idx, key) not in self.layers:
                     self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(path))
                 groups = getattr(host.config, spec.fused_groups) if spec.fused_groups else 1
                 sites.append((self.layers[stack, idx, key], slices, groups))
+        if config.target_modules and not sites:
+            raise AdapterConfigError(f"target_modules {list(config.target_modules)} name no Linear module inside the "
+                                     f"layers of this {host.config.model_type} model; name e.g. "
+                                     f"{next(iter(host.family.stacks.values())).projections['q']!r}")
         if any(slices is not None for _, slices, _ in sites) and (config.use_dora or config.is_vera):
             raise AdapterConfigError("DoRA and VeRA cannot adapt a fused projection (GPT-2's c_attn, GPT-NeoX's "
                                      "query_key_value); use LoRA or IA3 there")
@@ -83,6 +89,8 @@ class LoRAMethod(Method):
 
     def _places(self, config: LoRAConfig) -> list[str]:
         """The projections (keys of the family spec) the config adapts; refuses ones it lacks."""
+        if config.target_modules:
+            return []
         places = list(config.attn_matrices) if config.selfattn_lora else []
         places += [key for key, on in (("intermediate", config.intermediate_lora), ("output", config.output_lora)) if on]
         for stack in self.host.family.stacks.values():
@@ -140,16 +148,27 @@ class LoRAMethod(Method):
             target.lora_B.copy_(u[:, :rank] * (s[:rank] / target.scaling))
 
 
-def _targets(places: list[str], projections: dict, fused: dict[str, tuple[str, ...]]):
+def _targets(places: list[str], spec):
     """``(layer key, path, slices)`` per adapted projection: a plain one keyed by its key (by its
     path where a key names several), a fused one once, keyed by all its keys joined with ``+``,
     with the slices ``places`` enables."""
     done = set()
     for key in places:
-        paths = projections[key]
+        paths = spec.projections[key]
         for path in (paths,) if isinstance(paths, str) else paths:
-            if path not in fused:
+            if path not in spec.fused:
                 yield (key if isinstance(paths, str) else path), path, None
             elif path not in done:
                 done.add(path)
-                yield "+".join(fused[path]), path, tuple(k in places for k in fused[path])
+                yield "+".join(spec.fused[path]), path, tuple(k in places for k in spec.fused[path])
+
+
+def _named(layer: nn.Module, spec, paths: dict, config: LoRAConfig):
+    """``_targets`` for ``target_modules``: each Linear or Conv1D of the layer it names, keyed as
+    ``_targets`` keys a projection of the spec (a fused one with all its slices), else by its
+    path in the layer."""
+    keys = {path: key for key, path, _ in _targets(list(spec.projections), spec)}
+    for path, module in layer.named_modules():
+        if isinstance(module, (nn.Linear, Conv1D)) and config.targets(paths[id(module)]):
+            key = keys.get(path, path)
+            yield key, path, (True,) * len(spec.fused[path]) if path in spec.fused else None
