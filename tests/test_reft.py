@@ -1,6 +1,6 @@
-"""ReFT (loreft, noreft, direft): AdapterHub's outputs and files on a tiny BERT, the positions it
-acts on (left and right padding, prefix and suffix, tied units), cached generation on a tiny
-Llama, freezing, counts and errors."""
+"""ReFT (loreft, noreft, direft): AdapterHub's outputs and files on a tiny BERT and tiny T5 / BART /
+mBART (both stacks), the positions it acts on (left and right padding, prefix and suffix, tied
+units), cached generation on a tiny Llama and the encoder-decoders, freezing, counts and errors."""
 
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from conftest import batch, perturb, tiny_llama, tiny_model
-from test_prefix_tuning import close, run  # the same helpers
+from test_prefix_tuning import SEQ2SEQ, close, greedy, run, seq2seq, seq2seq_outputs  # the same helpers
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
 
@@ -114,3 +114,68 @@ def test_bad_reft_configs_are_one_line_errors():
         model.add_adapter("r", "loreft", layers="some")
     with pytest.raises(AdapterConfigError, match="r must be an integer >= 1"):
         model.add_adapter("r", "loreft", r=0)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart", "mbart"])
+def test_encoder_decoder_refts_of_adapterhub_give_its_outputs_and_tokens(family):
+    """Both stacks' layers, numbered on across them (noreft: layers [0, 3] = the encoder's first and
+    the decoder's second). Greedy tokens with a cache equal AdapterHub's uncached ones
+    (its cached path intervenes on every new token; module docstring of methods/reft/model.py)."""
+    model, inputs, ref = seq2seq(family)
+    model.load_adapter(SEQ2SEQ / family / "methods" / "safetensors" / "loreft", with_head=False)
+    model.load_adapter(SEQ2SEQ / family / "methods" / "bin" / "noreft", with_head=False)
+    for name in ("loreft", "noreft"):
+        for key, value in seq2seq_outputs(model, inputs, name).items():
+            close(value, ref[f"{name}.{key}"])
+    assert torch.equal(greedy(model, inputs, "loreft", family), ref["generate.loreft.nocache"])
+    stacks = {"t5": ("transformer.encoder.block", "transformer.decoder.block"),
+              "bart": ("model.encoder.layers", "model.decoder.layers")}.get(family, ("model.encoder.layers",
+                                                                                    "model.decoder.layers"))
+    placed = {n.split(".reft_layer")[0] for n, _ in model.named_parameters() if ".refts.noreft." in n}
+    assert placed == {f"{stacks[0]}.0", f"{stacks[1]}.1"}
+
+
+def test_encoder_decoder_reft_decodes_the_same_step_by_step_with_a_kv_cache():
+    """The decoder's first positions reach later cached steps too (its first token comes alone)."""
+    model, inputs, _ = seq2seq("mbart")
+    model.load_adapter(SEQ2SEQ / "mbart" / "methods" / "bin" / "loreft", with_head=False)
+    model.set_active_adapters("loreft")
+    lm, ids = model._causal_lm("default"), inputs["decoder_input_ids"]
+    encoder = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        full = lm(**encoder, decoder_input_ids=ids).logits
+        out = lm(**encoder, decoder_input_ids=ids[:, :1], use_cache=True)
+        steps = [out.logits]
+        for i in range(1, ids.shape[1]):
+            out = lm(encoder_outputs=(out.encoder_last_hidden_state,), attention_mask=inputs["attention_mask"],
+                     decoder_input_ids=ids[:, i:i + 1], cache=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    close(torch.cat(steps, dim=1), full)
+
+
+def test_encoder_decoder_suffix_reft_uses_the_decoders_own_last_token_and_reloads(tmp_path):
+    """AdapterHub fails here (its decoder reuses the encoder's last positions: facts.json); ours acts
+    on each stack's own last real token, and saves under AdapterHub's names."""
+    model, inputs, ref = seq2seq("bart")
+    model.load_adapter(SEQ2SEQ / "bart" / "methods" / "safetensors" / "sufreft", with_head=False)
+    model.add_adapter("dec", "noreft[prefix_positions=0, suffix_positions=1, layers=[2], dropout=0.0]")  # decoder's first
+    perturb(model, ".refts.dec.", std=0.3)
+    seen = []
+    for stack in (model.backbone.encoder, model.backbone.decoder):
+        stack.layers[0].register_forward_hook(lambda m, args, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    base = seq2seq_outputs(model, inputs, None)
+    out = seq2seq_outputs(model, inputs, "sufreft")
+    seq2seq_outputs(model, inputs, "dec")
+    # two passes each call (backbone, then with the head), encoder then decoder: base 0-1, sufreft 4, dec 9
+    for before, after, mask in ((seen[0], seen[4], inputs["attention_mask"]),
+                                (seen[1], seen[9], torch.ones_like(inputs["decoder_input_ids"]))):
+        changed = (after - before).abs().amax(dim=-1) > 1e-6  # after the first layer: only each row's last real token
+        last = mask.sum(dim=1) - 1
+        assert torch.equal(changed, torch.nn.functional.one_hot(last, mask.shape[1]).bool())
+    assert (out["logits"] - base["logits"]).abs().max() > 1e-3
+    model.save_adapter(tmp_path / "s", "sufreft")
+    theirs = load_file(SEQ2SEQ / "bart" / "methods" / "safetensors" / "sufreft" / "adapter.safetensors")
+    assert load_file(tmp_path / "s" / "adapter.safetensors").keys() == theirs.keys()
+    fresh, _, _ = seq2seq("bart")
+    fresh.load_adapter(tmp_path / "s")
+    close(seq2seq_outputs(fresh, inputs, "sufreft")["logits"], out["logits"], tol=0)

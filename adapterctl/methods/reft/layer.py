@@ -55,12 +55,13 @@ class Reft(nn.Module):
         cached generation); row i's real tokens are ``first[i] .. end[i] - 1``. Positions before
         this chunk were intervened on when they were computed."""
         rows, length, size = hidden.shape
-        steps = torch.arange(length, device=hidden.device)
+        total = start + length  # a later chunk may still hold some of the first positions
+        steps = torch.arange(total, device=hidden.device)
         places = []
         if self.prefix_positions:
-            places.append(first[:, None] + steps[:min(self.prefix_positions, length)])
+            places.append(first[:, None] + steps[:min(self.prefix_positions, total)])
         if self.suffix_positions:
-            places.append(end[:, None] - 1 - steps[:min(self.suffix_positions, length)].flip(0))
+            places.append(end[:, None] - 1 - steps[:min(self.suffix_positions, total)].flip(0))
         places = [p - start for p in places]
         chosen = [p.clamp(0, length - 1)[..., None].expand(-1, -1, size) for p in places]
         states = [hidden.gather(1, index) for index in chosen]

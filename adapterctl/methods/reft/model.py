@@ -1,32 +1,42 @@
 """ReFT in a model: a ``ReftLayer`` on each transformer layer (AdapterHub's ``reft_layer``)
-whose forward hook intervenes on the layer's output, and a backbone pre-hook that reads where
-each row's real tokens are from the attention mask (left or right padding). As in AdapterHub,
-one ReFT adapter runs per pass (Stack with other methods)."""
+whose forward hook intervenes on the layer's output, and a pre-hook on the backbone (on an
+encoder-decoder: on each stack) that reads where each row's real tokens are from the attention
+mask (left or right padding). As in AdapterHub, one ReFT adapter runs per pass (Stack with
+other methods).
+
+Encoder-decoders: layers of both stacks, numbered on across them (``layers``), as AdapterHub's.
+The encoder's positions come from its mask; the decoder's from its own tokens (its mask, if
+given). AdapterHub's decoder reuses the positions it found in the encoder instead: the same
+positions for ``prefix_positions`` when the encoder's input is right-padded (seq2seq batches
+are), an index error for ``suffix_positions``. Its cached generation also intervenes on every new
+token (each step's first position); ours on the sequence's first positions, as without a cache."""
 
 from __future__ import annotations
 
 from contextvars import ContextVar
+from functools import partial
 
 import torch
 import torch.nn as nn
 
 from ...core.composition import Stack
-from ...errors import AdapterConfigError
 from ..base import ComposableLayer, Method, one_adapter
 from .config import ReftConfig
 from .layer import Reft
 
-# This thread's last backbone pass: (first real token, end of real tokens, sequence length) from its
-# 2-D mask or None, and the positions its KV cache held. Not the pass state's stash: an encoder's
-# layer stack begins a nested pass of its own. Kept after the pass for layers re-run in backward.
-_SPAN: ContextVar = ContextVar("adapterctl_reft_span", default=(None, 0))
+# This thread's last pass of each layer stack: {stack: ((first real token, end of real tokens,
+# sequence length) from its 2-D mask or None, the positions its KV cache held)}. Not the pass
+# state's stash: an encoder's layer stack begins a nested pass of its own. Kept after the pass for
+# layers re-run in backward. Never mutated: each pass sets a new dict.
+_SPAN: ContextVar = ContextVar("adapterctl_reft_span", default={})
 
 
 class ReftLayer(ComposableLayer):
     container = "refts"
 
-    def __init__(self, layer_idx: int, context, layer: nn.Module):
+    def __init__(self, layer_idx: int, context, layer: nn.Module, stack: str):
         super().__init__(layer_idx, context)
+        self.stack = stack
         layer.add_module("reft_layer", self)
         layer.register_forward_hook(self._after_layer)
 
@@ -36,7 +46,7 @@ class ReftLayer(ComposableLayer):
         if name is None:
             return None
         hidden = out[0] if isinstance(out, tuple) else out
-        span, past = _SPAN.get()
+        span, past = _SPAN.get().get(self.stack, (None, 0))
         first, end, total = span or _span(None, hidden, past)
         hidden = self.refts[name](hidden, first, end, total - hidden.shape[1])
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
@@ -59,21 +69,27 @@ class ReftMethod(Method):
     containers = ("refts",)
 
     def add(self, name: str, config: ReftConfig) -> None:
-        if self.host.family.kind == "encoder-decoder":
-            raise AdapterConfigError(f"ReFT is not supported on encoder-decoder models ({self.host.config.model_type}) "
-                                     "yet; use it on an encoder or a decoder")
         host = self.host
         if not self.layers:
-            host.backbone.register_forward_pre_hook(self._before_pass, with_kwargs=True)
+            for stack, module in self._stack_owners():
+                module.register_forward_pre_hook(partial(_before_pass, stack), with_kwargs=True)
         for stack, idx, layer in host.iter_layers():
             if config.layers != "all" and idx not in config.layers:
                 continue
             if (stack, idx, "output") not in self.layers:
-                self.layers[stack, idx, "output"] = ReftLayer(idx, host.context, layer)
+                self.layers[stack, idx, "output"] = ReftLayer(idx, host.context, layer, stack)
             self.layers[stack, idx, "output"].refts[name] = host.like_model(Reft(config, host.hidden_size))
 
-    def _before_pass(self, backbone, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        _SPAN.set((_span(mask, None) if mask is not None and mask.dim() == 2 else None,
-                   cache.get_seq_length() if cache is not None else 0))
+    def _stack_owners(self):
+        """Where each stack's pass begins: the backbone, or an encoder-decoder's encoder and decoder."""
+        backbone, stacks = self.host.backbone, self.host.family.stacks
+        if self.host.family.kind != "encoder-decoder":
+            return [(next(iter(stacks)), backbone)]
+        return [(name, backbone.get_submodule(spec.path.rpartition(".")[0])) for name, spec in stacks.items()]
+
+
+def _before_pass(stack: str, module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    span = _span(mask, None) if mask is not None and mask.dim() == 2 else None
+    _SPAN.set({**_SPAN.get(), stack: (span, cache.get_seq_length() if cache is not None else 0)})
