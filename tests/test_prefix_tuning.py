@@ -353,3 +353,16 @@ def test_encoder_decoder_prefix_ejects_saves_and_reloads_under_adapterhubs_names
     fresh, _, _ = seq2seq("t5")
     fresh.load_adapter(tmp_path / "ej")
     close(seq2seq_outputs(fresh, inputs, "ej")["logits"], ref["pt.logits"])
+
+
+def test_encoder_decoder_batchsplit_rows_equal_each_prefix_alone():
+    """BART (absolute positions): each slice of rows runs its own prefixes, the shorter one padded
+    and invisible. (T5's relative positions count the padding, as AdapterHub's T5 does.)"""
+    model, inputs, _ = seq2seq("bart")
+    for name in ("pt", "ptsw"):  # 4 positions everywhere / 3, not in the encoder
+        model.load_adapter(SEQ2SEQ / "bart" / "methods" / "bin" / name, with_head=False)
+    split = seq2seq_outputs(model, inputs, BatchSplit("pt", "ptsw", batch_sizes=[1, 1]))
+    for row, name in enumerate(("pt", "ptsw")):
+        alone = seq2seq_outputs(model, inputs, name)
+        for key in ("enc_hidden", "logits"):
+            close(split[key][row], alone[key][row])
