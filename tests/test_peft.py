@@ -34,12 +34,16 @@ def bert_hidden(model, ref):
 
 
 def outputs(model, ref, backbone: str) -> dict:
-    """What the fixtures recorded: the last hidden states (after a decoder's final norm) and a
-    decoder's logits (its lm_head: our static head ``default``)."""
+    """What the fixtures recorded: the last hidden states (after a decoder's final norm), BERT's
+    pooler output, the logits of a task model's head (our static head ``default``)."""
     with torch.no_grad():
         out = model(input_ids=ref[f"inputs.{backbone}.input_ids"],
                     attention_mask=ref[f"inputs.{backbone}.attention_mask"])
-    return {"hidden": out.hidden_states} if backbone == "bert" else {"hidden": out.hidden_states, "logits": out.logits}
+        if backbone == "bert":  # BertModel's pooler (its pooler.dense may be adapted)
+            pooler = model.backbone(input_ids=ref["inputs.bert.input_ids"],
+                                    attention_mask=ref["inputs.bert.attention_mask"]).pooler_output
+            return {"hidden": out.hidden_states, "pooler": pooler}
+    return {"hidden": out.hidden_states, "logits": out.logits}
 
 
 def max_diffs(got: dict, ref, key: str) -> dict:
@@ -51,11 +55,12 @@ def backbone_of(case: str) -> str:
 
 
 @pytest.mark.parametrize("case", ["bert_lora_list", "bert_lora_regex", "bert_lora_layers", "bert_lora_rslora",
-                                  "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_ia3",
+                                  "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_lora_alllinear",
+                                  "bert_ia3",
                                   "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
                                   "gpt2_lora_fanin", "gpt2_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):
-    """Every fixture but bert_lora_alllinear (its pooler.dense is outside the layers); with
+    """Every fixture (bert_lora_alllinear: pooler.dense too, outside the layers); with
     modules_to_save (bert_seqcls_lora: classifier, llama_lora: lm_head) the logits are our head's."""
     backbone = backbone_of(case)
     model = AdapterModel.from_pretrained(BACKBONES[backbone]).eval()
@@ -112,20 +117,22 @@ def test_modules_outside_the_projections_and_a_head(ref):
     assert torch.equal(outputs(model, ref, "llama")["logits"], base)  # not active: nothing changed
 
 
-@pytest.mark.parametrize("case, message", [
-    ("bert_lora_alllinear", "adapts pooler.dense, which is not a Linear layer inside the transformer layers"),
-    ("bert_lora_list+classifier", r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
+@pytest.mark.parametrize("change, message", [
+    ({"modules_to_save": ["classifier"]}, r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
+    ({"bias": "lora_only"}, "PEFT's bias='lora_only' is not supported"),
+    ({}, "adapts embeddings.word_embeddings, which is not a Linear layer"),
 ])
-def test_peft_features_we_cannot_follow_are_named(case, message, tmp_path):
+def test_peft_features_we_cannot_follow_are_named(change, message, tmp_path):
+    """bert_lora_list changed: a sequence classifier's head onto a BertModel that has none, PEFT's
+    bias, a LoRA on the word embeddings."""
     model = AdapterModel.from_pretrained(BERT).eval()
-    folder = PEFT / case
-    if case.endswith("+classifier"):  # a sequence classifier's head, onto a BertModel that has none
-        folder = tmp_path / "lora"
-        shutil.copytree(PEFT / "bert_lora_list", folder)
-        config = json.loads((folder / "adapter_config.json").read_text())
-        (folder / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["classifier"]}))
-        weights = load_file(folder / "adapter_model.safetensors")
-        save_file({**weights, "base_model.model.classifier.weight": torch.zeros(2, 32)}, folder / "adapter_model.safetensors")
+    folder = tmp_path / "lora"
+    shutil.copytree(PEFT / "bert_lora_list", folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    extra = ({"base_model.model.classifier.weight": torch.zeros(2, 32)} if "modules_to_save" in change else
+             {} if change else {"base_model.model.embeddings.word_embeddings.lora_A.weight": torch.zeros(4, 99)})
+    save_file({**load_file(folder / "adapter_model.safetensors"), **extra}, folder / "adapter_model.safetensors")
     with pytest.raises(AdapterConfigError, match=message):
         model.load_adapter(folder)
     assert not model.adapters_config and not any(".loras." in k for k in model.state_dict())
@@ -163,7 +170,8 @@ def ours(tmp_path) -> dict:
     target_modules: other modules in each BERT layer, and Llama's gate_proj. With a trained copy
     of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier."""
     models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
-    models["bert"].add_adapter("tm", "lora", target_modules=["layer.0.attention.self.query", "layer.1.output.dense"])
+    models["bert"].add_adapter("tm", "lora", target_modules=["layer.0.attention.self.query", "layer.1.output.dense",
+                                                            "pooler.dense"])
     models["llama"].add_adapter("ll", "lora", r=2, target_modules=["gate_proj", "q_proj"], rank_pattern={"q_proj": 3})
     models["bert"].add_adapter("lo", "lora", r=4, alpha=16, intermediate_lora=True, leave_out=[0],
                                rank_pattern={"value": 2}, alpha_pattern={"intermediate.dense": 3})
@@ -185,14 +193,16 @@ def ours(tmp_path) -> dict:
 
 
 def our_outputs(models, ref) -> dict:
-    """Each adapter's hidden states, and with its own head the logits (``<name>.logits``)."""
+    """Each adapter's hidden states, with its own head the logits (``<name>.logits``), on BERT
+    the pooler's output (``<name>.pooler``)."""
     expected = {}
     for name, backbone in OURS.items():
         with models[backbone].adapter_setup(name):
             out = outputs(models[backbone], ref, backbone)
         expected[name] = out["hidden"]
-        if name in HEADED:
-            expected[f"{name}.logits"] = out["logits"]
+        for other in ("logits", "pooler"):
+            if other in out and (other == "pooler" or name in HEADED):
+                expected[f"{name}.{other}"] = out[other]
     return expected
 
 
@@ -211,7 +221,7 @@ def test_our_peft_folders_reload_with_our_outputs(ref, tmp_path):
     assert gpt2["fan_in_fan_out"] and gpt2["rank_pattern"] == {f"h.{i}.attn.c_attn": 4 for i in (0, 1)}
     assert load_file(tmp_path / "g2lo" / "adapter_model.safetensors")["base_model.model.h.0.attn.c_attn.lora_B.weight"].shape == (96, 4)
     assert json.loads((tmp_path / "tm" / "adapter_config.json").read_text())["target_modules"] == [
-        "encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"]
+        "pooler.dense", "encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"]
     headed = json.loads((tmp_path / "llh" / "adapter_config.json").read_text())
     assert (headed["task_type"], headed["modules_to_save"]) == ("CAUSAL_LM", ["lm_head"])
     assert "model.layers.0.mlp.up_proj" in headed["target_modules"]  # relative to the LlamaForCausalLM
@@ -222,8 +232,9 @@ def test_our_peft_folders_reload_with_our_outputs(ref, tmp_path):
         with fresh[backbone].adapter_setup(f"{name}2"):
             out = outputs(fresh[backbone], ref, backbone)
         assert (out["hidden"] - expected[name]).abs().max().item() <= 1e-5
-        if name in HEADED:
-            assert (out["logits"] - expected[f"{name}.logits"]).abs().max().item() <= 1e-5
+        for other in ("logits", "pooler"):
+            if f"{name}.{other}" in expected:
+                assert (out[other] - expected[f"{name}.{other}"]).abs().max().item() <= 1e-5
     models["bert"].add_adapter("d", "dora")
     with pytest.raises(AdapterConfigError, match="cannot be written as a PEFT folder"):
         models["bert"].save_adapter(tmp_path / "d", "d", format="peft")
@@ -260,6 +271,8 @@ for name, (backbone, path, auto) in backbones.items():
     diffs = [(out.hidden_states[-1] - expected[name]).abs().max().item()]
     if name + ".logits" in expected:
         diffs.append((out.logits - expected[name + ".logits"]).abs().max().item())
+    if name + ".pooler" in expected:
+        diffs.append((out.pooler_output - expected[name + ".pooler"]).abs().max().item())
     print(name, max(diffs))
 """
 

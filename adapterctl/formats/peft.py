@@ -4,11 +4,11 @@ keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
 ``.lora_magnitude_vector`` / ``.ia3_l``, and ``<module path>.weight`` for ``modules_to_save``.
 
 A PEFT folder loads as one of our LoRA or IA3 adapters when what it adapts are Linear (or
-Conv1D) modules inside the transformer layers. The modules are read from the weight keys, so
+Conv1D) modules of the backbone. The modules are read from the weight keys, so
 ``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
 AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
-config uses them, else our ``target_modules`` lists each path (Llama's ``gate_proj``, modules
-that differ per layer). Each module's rank is its ``lora_A``'s, its alpha PEFT's
+config uses them, else our ``target_modules`` lists each path (Llama's ``gate_proj``, BERT's
+``pooler.dense``, modules that differ per layer). Each module's rank is its ``lora_A``'s, its alpha PEFT's
 ``alpha_pattern`` match; those that differ from ``r`` / ``lora_alpha`` become our
 ``rank_pattern`` / ``alpha_pattern`` entries under their exact paths. ``use_rslora`` (scaling
 ``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``use_dora`` DoRA with
@@ -16,8 +16,7 @@ that differ per layer). Each module's rank is its ``lora_A``'s, its alpha PEFT's
 path). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
 A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
 becomes our head of the adapter's name. What our adapters cannot express is a one-line error
-naming it (a module outside the layers, e.g. BERT's ``pooler.dense``; ``bias``, trainable
-tokens, ...).
+naming it (``bias``, LoRA on embeddings, trainable tokens, ...).
 
 Written folders hold paths relative to the base model (``AutoModel``), the form PEFT loads with
 ``PeftModel.from_pretrained(AutoModel.from_pretrained(<backbone>), folder)``, or, where the
@@ -32,7 +31,6 @@ import math
 import re
 from pathlib import Path
 
-import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import AdapterConfigError, CorruptFileError, IncompatibleAdapterError
@@ -100,9 +98,8 @@ def _read(model, path: Path, name: str):
         peft_path, param = _split(key, SUFFIXES[kind], path)
         module = _backbone_path(model, peft_path)
         if module not in places:
-            raise AdapterConfigError(
-                f"{path} adapts {module}, which is not a Linear layer inside the transformer layers of this "
-                f"{model.config.model_type} model; adapterctl's LoRA adapts only those")
+            raise AdapterConfigError(f"{path} adapts {module}, which is not a Linear layer of this "
+                                     f"{model.config.model_type} model; adapterctl's LoRA adapts only those")
         stack, idx, keys = places[module]
         if param == "m.weight" or kind == "IA3":  # DoRA's (out,), IA3's (out, 1) or feed-forward (1, in): ours (n, 1)
             tensor = tensor.reshape(-1, 1)
@@ -162,17 +159,15 @@ def _split(key: str, suffixes: dict[str, str], path: Path) -> tuple[str, str]:
 
 def _places(model) -> dict[str, tuple]:
     """Backbone-relative path -> (stack, layer, the projection keys it serves) of every Linear or
-    Conv1D inside the layers: a fused projection (GPT-2's ``c_attn``) serves all its slices, a
-    module the family spec does not name (Llama's ``gate_proj``) none."""
-    paths = {id(m): n for n, m in model.backbone.named_modules()}
+    Conv1D LoRA may adapt: a fused projection (GPT-2's ``c_attn``) serves all its slices, a
+    module the family spec does not name (Llama's ``gate_proj``, BERT's ``pooler.dense``) none."""
+    from ..methods.lora.model import linear_modules
+
     places = {}
-    for stack, idx, layer in model.iter_layers():
-        spec = model.family.stacks[stack]
-        keys = {rel: spec.fused.get(rel, (key,)) for key, rels in spec.projections.items()
-                for rel in ((rels,) if isinstance(rels, str) else rels)}
-        for rel, module in layer.named_modules():
-            if isinstance(module, (nn.Linear, Conv1D)):
-                places[paths[id(module)]] = (stack, idx, keys.get(rel, ()))
+    for path, (stack, idx, key, _, slices) in linear_modules(model).items():
+        spec = model.family.stacks.get(stack)
+        served = (key,) if spec is not None and key in spec.projections else ()
+        places[path] = (stack, idx, tuple(key.split("+")) if slices else served)
     return places
 
 

@@ -8,8 +8,8 @@ maps to one config class.
 
 Five fields beyond AdapterHub's carry what PEFT's ``LoraConfig`` / ``IA3Config`` can say and
 AdapterHub's cannot, with PEFT's names and matching rules, on module paths relative to the
-backbone (``encoder.layer.1.attention.self.query``): ``target_modules`` (any Linear inside the
-layers, e.g. Llama's ``mlp.gate_proj``, differing per layer as it may), ``rank_pattern`` /
+backbone (``encoder.layer.1.attention.self.query``): ``target_modules`` (any Linear of the
+backbone, e.g. Llama's ``mlp.gate_proj``, BERT's ``pooler.dense``, differing per layer as it may), ``rank_pattern`` /
 ``alpha_pattern`` (a rank or alpha per module), ``feedforward_modules`` (IA3 scales these
 projections' input, not their output) and ``dora_variant="peft"`` (PEFT's DoRA). At their defaults they are left out of saved
 files, so AdapterHub's files and config hashes stay as they are."""
@@ -45,7 +45,7 @@ class LoRAConfig(AdapterConfig):
 
     ``target_modules``: when given, it alone places the adapter (``selfattn_lora``,
     ``attn_matrices``, ``intermediate_lora`` and ``output_lora`` are then unused): on every Linear
-    (or Conv1D) inside the layers whose path is a name of the list or ends with ``.`` + one (PEFT's
+    (or Conv1D) of the backbone (adapters' own aside) whose path is a name of the list or ends with ``.`` + one (PEFT's
     list rule); a fused projection it names is adapted whole (all slices).
     ``rank_pattern`` / ``alpha_pattern``: ``{pattern: r}`` / ``{pattern: alpha}`` overriding ``r`` /
     ``alpha`` where the regex ``pattern`` matches the end of a module's path at a dot (PEFT's

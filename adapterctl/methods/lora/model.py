@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
+from ...core import registry
 from ...core.composition import Average, BatchSplit, Parallel, Stack
 from ...errors import AdapterConfigError
 from ..base import Method
@@ -30,20 +31,24 @@ class LoRAMethod(Method):
         host = self.host
         places = self._places(config)
         paths = {id(m): n for n, m in host.backbone.named_modules()}
-        sites = []
-        for stack, idx, layer in host.iter_layers():
+        sites = []  # (layer, slices, groups)
+        def groups(stack: str) -> int:  # GPT-NeoX's fused output, laid out per head
+            spec = host.family.stacks.get(stack)
+            return getattr(host.config, spec.fused_groups) if spec is not None and spec.fused_groups else 1
+
+        if config.target_modules:
+            for path, (stack, idx, key, linear, slices) in linear_modules(host).items():
+                if config.targets(path):
+                    sites.append((self._layer((stack, idx, key), linear), slices, groups(stack)))
+        for stack, idx, layer in () if config.target_modules else host.iter_layers():
             if idx in config.leave_out:
                 continue
             spec = host.family.stacks[stack]
-            named = _named(layer, spec, paths, config) if config.target_modules else _targets(places, spec)
-            for key, path, slices in named:
-                if (stack, idx, key) not in self.layers:
-                    self.layers[stack, idx, key] = LoRALayer(idx, host.context, layer.get_submodule(path))
-                groups = getattr(host.config, spec.fused_groups) if spec.fused_groups else 1
-                sites.append((self.layers[stack, idx, key], slices, groups))
+            for key, path, slices in _targets(places, spec):
+                sites.append((self._layer((stack, idx, key), layer.get_submodule(path)), slices, groups(stack)))
         if config.target_modules and not sites:
-            raise AdapterConfigError(f"target_modules {list(config.target_modules)} name no Linear module inside the "
-                                     f"layers of this {host.config.model_type} model; name e.g. "
+            raise AdapterConfigError(f"target_modules {list(config.target_modules)} name no Linear module of "
+                                     f"this {host.config.model_type} model; name e.g. "
                                      f"{next(iter(host.family.stacks.values())).projections['q']!r}")
         if any(slices is not None for _, slices, _ in sites) and (config.use_dora or config.is_vera):
             raise AdapterConfigError("DoRA and VeRA cannot adapt a fused projection (GPT-2's c_attn, GPT-NeoX's "
@@ -53,6 +58,12 @@ class LoRAMethod(Method):
             path = paths[id(site.linear)]
             module = self._module(config.at(path), site.linear, shared, slices, groups, config.scales_input(path))
             site.loras[name] = host.like_model(module)
+
+    def _layer(self, where: tuple, linear: nn.Module) -> LoRALayer:
+        """The layer at ``(stack, layer index, key)``, made on first use."""
+        if where not in self.layers:
+            self.layers[where] = LoRALayer(where[1], self.host.context, linear)
+        return self.layers[where]
 
     @staticmethod
     def _module(config: LoRAConfig, linear: nn.Module, shared: SharedMatrices | None, slices, groups: int,
@@ -163,12 +174,27 @@ def _targets(places: list[str], spec):
                 yield "+".join(spec.fused[path]), path, tuple(k in places for k in spec.fused[path])
 
 
-def _named(layer: nn.Module, spec, paths: dict, config: LoRAConfig):
-    """``_targets`` for ``target_modules``: each Linear or Conv1D of the layer it names, keyed as
-    ``_targets`` keys a projection of the spec (a fused one with all its slices), else by its
-    path in the layer."""
-    keys = {path: key for key, path, _ in _targets(list(spec.projections), spec)}
-    for path, module in layer.named_modules():
-        if isinstance(module, (nn.Linear, Conv1D)) and config.targets(paths[id(module)]):
-            key = keys.get(path, path)
-            yield key, path, (True,) * len(spec.fused[path]) if path in spec.fused else None
+def linear_modules(host) -> dict[str, tuple]:
+    """Backbone-relative path -> ``(stack, layer index, key, module, slices)`` of every Linear or
+    Conv1D of the backbone but the adapters' own, keyed as ``_targets`` keys a projection of the
+    family spec (a fused one with all its slices), else by its path in the layer. One outside
+    the layers (BERT's ``pooler.dense``) is at stack ``""`` and the index after the last layer,
+    keyed by its path (AdapterDrop never skips it)."""
+    containers = {c for spec in registry.methods().values() if isinstance(spec.method_class.containers, tuple)
+                  for c in spec.method_class.containers}  # a union's are its parts
+    paths = {id(m): n for n, m in host.backbone.named_modules()}
+    layers = {paths[id(layer)]: (stack, idx, host.family.stacks[stack]) for stack, idx, layer in host.iter_layers()}
+    found = {}
+    for path, module in host.backbone.named_modules():
+        if not isinstance(module, (nn.Linear, Conv1D)) or containers & set(path.split(".")):
+            continue
+        owner = next((p for p in layers if path.startswith(p + ".")), None)
+        if owner is None:
+            found[path] = ("", len(layers), path, module, None)
+            continue
+        stack, idx, spec = layers[owner]
+        rel = path[len(owner) + 1:]
+        keys = {p: key for key, p, _ in _targets(list(spec.projections), spec)}
+        slices = (True,) * len(spec.fused[rel]) if rel in spec.fused else None
+        found[path] = (stack, idx, keys.get(rel, rel), module, slices)
+    return found
