@@ -19,6 +19,7 @@ PEFT = FIXTURES / "peft"
 BERT = FIXTURES / "adapterhub_methods" / "backbone"
 DECODERS = FIXTURES / "adapterhub_decoders"
 BACKBONES = {"bert": BERT, "llama": DECODERS / "llama" / "backbone", "gpt2": DECODERS / "gpt2" / "backbone",
+             "neox": PEFT / "neox_backbone",  # a tiny GPT-NeoX: q, k, v fused per head
              "bert_seqcls": PEFT / "bert_seqcls_backbone"}  # a BertForSequenceClassification: our head "default"
 PEFT_PYTHON = Path("/work/envs/peftvenv/bin/python")
 
@@ -58,7 +59,7 @@ def backbone_of(case: str) -> str:
                                   "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_lora_alllinear",
                                   "bert_ia3",
                                   "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
-                                  "gpt2_lora_fanin", "gpt2_ia3"])
+                                  "gpt2_lora_fanin", "gpt2_ia3", "neox_lora", "neox_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):
     """Every fixture (bert_lora_alllinear: pooler.dense too, outside the layers); with
     modules_to_save (bert_seqcls_lora: classifier, llama_lora: lm_head) the logits are our head's."""
@@ -159,14 +160,15 @@ def test_target_modules_that_name_nothing_are_refused():
 
 
 OURS = {"lo": "bert", "do": "bert", "ia": "bert", "tm": "bert", "g2lo": "gpt2", "g2ia": "gpt2",
-        "ll": "llama", "llh": "llama", "sc": "bert_seqcls"}  # adapter -> backbone
+        "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox"}  # adapter -> backbone
 HEADED = {"llh": "AutoModelForCausalLM", "sc": "AutoModelForSequenceClassification"}  # PEFT loads these onto task models
 
 
 def ours(tmp_path) -> dict:
     """Trained-looking adapters saved as PEFT, by backbone. BERT: a LoRA (q, v, intermediate) with
     per-module ranks and alphas, PEFT's DoRA, an IA3 scaling output.dense's input. GPT-2: a LoRA
-    on q and v (two slices of the fused c_attn) and the MLP, an IA3 on k, v and the MLP. By
+    on q and v (two slices of the fused c_attn) and the MLP, an IA3 on k, v and the MLP; GPT-NeoX:
+    a LoRA on q and v (fused per head). By
     target_modules: other modules in each BERT layer, and Llama's gate_proj. With a trained copy
     of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier."""
     models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
@@ -180,6 +182,7 @@ def ours(tmp_path) -> dict:
                                feedforward_modules=["output.dense"])
     models["gpt2"].add_adapter("g2lo", "lora", r=2, alpha=6, intermediate_lora=True)
     models["gpt2"].add_adapter("g2ia", "ia3")
+    models["neox"].add_adapter("nx", "lora", r=2)  # q and v: slices of each head's part of query_key_value
     for name, backbone in (("llh", "llama"), ("sc", "bert_seqcls")):
         models[backbone].add_adapter(name, "lora", r=2, output_lora=True)
         models[backbone].add_head(name, set_active=False, **models[backbone].heads["default"].config)

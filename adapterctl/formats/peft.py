@@ -103,8 +103,9 @@ def _read(model, path: Path, name: str):
         stack, idx, keys = places[module]
         if param == "m.weight" or kind == "IA3":  # DoRA's (out,), IA3's (out, 1) or feed-forward (1, in): ours (n, 1)
             tensor = tensor.reshape(-1, 1)
-        elif param == "lora_A" and len(keys) > 1:  # PEFT's one pair over q | k | v: each slice's pair reads its A
-            tensor = tensor.repeat(len(keys), 1)
+        feedforward = kind == "IA3" and _feedforward(peft.get("feedforward_modules") or [], peft_path)
+        if len(keys) > 1 and not feedforward:  # a fused projection: PEFT's one pair over q | k | v, each slice's reads its A
+            tensor = tensor.repeat(len(keys), 1) if param == "lora_A" else tensor[_fused_rows(model, stack, keys, tensor)]
         adapted.setdefault(module, {"path": module, "peft_path": peft_path, "keys": keys})[param] = tensor
         tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
     if not adapted:
@@ -169,6 +170,14 @@ def _places(model) -> dict[str, tuple]:
         served = (key,) if spec is not None and key in spec.projections else ()
         places[path] = (stack, idx, tuple(key.split("+")) if slices else served)
     return places
+
+
+def _fused_rows(model, stack: str, keys: tuple, tensor):
+    """Our slice-by-slice order of a fused output's rows (GPT-NeoX lays them out per head)."""
+    from ..methods.lora.layer import fused_rows
+
+    spec = model.family.stacks[stack]
+    return fused_rows(len(keys), tensor.shape[0], getattr(model.config, spec.fused_groups) if spec.fused_groups else 1)
 
 
 def _backbone_path(model, module: str) -> str:

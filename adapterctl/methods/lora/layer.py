@@ -76,6 +76,12 @@ class _Slices(nn.Module):
         return full.index_copy(0, self.rows, part)
 
 
+def fused_rows(slices: int, out_features: int, groups: int = 1) -> torch.Tensor:
+    """The output rows of a fused projection in the order an adapter on all its ``slices`` holds
+    them (slice by slice; PEFT's one pair holds them in the output's own order)."""
+    return _Slices((True,) * slices, out_features, groups).rows
+
+
 class LowRank(nn.Module):
     """What LoRA and VeRA share: an update ``alpha / r * U x`` added to the projection's output,
     dropout on its input, AdapterHub's gate, and DoRA's magnitude ``m`` (``use_dora``), which
