@@ -290,9 +290,15 @@ def seq2seq(family):
 
 
 def seq2seq_outputs(model, inputs, setup):
-    with torch.no_grad(), model.adapter_setup(setup, head="default"):
-        out = model.backbone(**inputs)
-        return {"enc_hidden": out.encoder_last_hidden_state, "hidden": out[0], "logits": model(**inputs).logits}
+    """The encoder's and the decoder's last hidden states and the logits, from one pass."""
+    encoded = []
+    handle = model.backbone.get_encoder().register_forward_hook(lambda m, args, out: encoded.append(out[0]))
+    try:
+        with torch.no_grad(), model.adapter_setup(setup, head="default"):
+            out = model(**inputs)
+    finally:
+        handle.remove()
+    return {"enc_hidden": encoded[0], "hidden": out.hidden_states, "logits": out.logits}
 
 
 def greedy(model, inputs, setup, family, use_cache=True):

@@ -166,9 +166,9 @@ def test_encoder_decoder_suffix_reft_uses_the_decoders_own_last_token_and_reload
     base = seq2seq_outputs(model, inputs, None)
     out = seq2seq_outputs(model, inputs, "sufreft")
     seq2seq_outputs(model, inputs, "dec")
-    # two passes each call (backbone, then with the head), encoder then decoder: base 0-1, sufreft 4, dec 9
-    for before, after, mask in ((seen[0], seen[4], inputs["attention_mask"]),
-                                (seen[1], seen[9], torch.ones_like(inputs["decoder_input_ids"]))):
+    # encoder then decoder in each pass: base 0-1, sufreft 2-3, dec 4-5
+    for before, after, mask in ((seen[0], seen[2], inputs["attention_mask"]),
+                                (seen[1], seen[5], torch.ones_like(inputs["decoder_input_ids"]))):
         changed = (after - before).abs().amax(dim=-1) > 1e-6  # after the first layer: only each row's last real token
         last = mask.sum(dim=1) - 1
         assert torch.equal(changed, torch.nn.functional.one_hot(last, mask.shape[1]).bool())
