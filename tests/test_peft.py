@@ -121,6 +121,7 @@ def test_modules_outside_the_projections_and_a_head(ref):
 @pytest.mark.parametrize("change, message", [
     ({"modules_to_save": ["classifier"]}, r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
     ({"bias": "lora_only"}, "PEFT's bias='lora_only' is not supported"),
+    ({"use_qalora": True}, "PEFT's use_qalora=True is not supported"),
     ({}, "adapts embeddings.word_embeddings, which is not a Linear layer"),
 ])
 def test_peft_features_we_cannot_follow_are_named(change, message, tmp_path):

@@ -46,9 +46,10 @@ SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".l
             "IA3": {".ia3_l": "lora_B"}}
 # PEFT fields that change what an adapter computes, and the value under which we can follow it
 # (fan_in_fan_out only says how a Conv1D stores its weight: PEFT sets it from the module's type)
-UNSUPPORTED = {"bias": "none", "lora_bias": False,
-               "layer_replication": None, "target_parameters": None, "trainable_token_indices": None,
-               "alora_invocation_tokens": None, "use_bdlora": None}
+UNSUPPORTED = {"bias": "none", "lora_bias": False, "layer_replication": None, "target_parameters": None,
+               "trainable_token_indices": None, "alora_invocation_tokens": None, "use_bdlora": None,
+               "use_qalora": False, "arrow_config": None, "velora_config": None, "monteclora_config": None,
+               "kasa_config": None}
 
 
 def is_peft_folder(path: Path) -> bool:
