@@ -154,6 +154,16 @@ def test_bad_peft_fields_are_one_line_errors(fields, message):
         AdapterModel.from_pretrained(BERT).add_adapter("x", "lora", **fields)
 
 
+def test_the_cli_reaches_the_peft_fields():
+    from adapterctl.core.config import load_config
+    from adapterctl.run import settings
+    from adapterctl.run.build import adapter_overrides
+
+    cfg = settings.load("train", ["adapter=lora", "adapter.rank_pattern={value:4}", "adapter.target_modules=[query,value]"])
+    config = load_config(cfg.adapter.preset, **adapter_overrides(cfg.adapter))
+    assert (config.rank_pattern, config.alpha_pattern, config.target_modules) == ({"value": 4}, {}, ("query", "value"))
+
+
 def test_target_modules_that_name_nothing_are_refused():
     model = AdapterModel.from_pretrained(BERT)
     with pytest.raises(AdapterConfigError, match=r"target_modules \['gate_proj'\] name no Linear module"):

@@ -72,8 +72,8 @@ class LoRAConfig(AdapterConfig):
     vera_b: float | None = None
     dtype: str | None = None
     target_modules: tuple = ()
-    rank_pattern: dict = field(default_factory=dict)
-    alpha_pattern: dict = field(default_factory=dict)
+    rank_pattern: dict | None = field(default_factory=dict)  # None: {} (the CLI's files say null, so that
+    alpha_pattern: dict | None = field(default_factory=dict)  # adapter.rank_pattern={...} replaces it)
     feedforward_modules: tuple = ()
     dora_variant: str = "adapterhub"
 
@@ -117,6 +117,8 @@ class LoRAConfig(AdapterConfig):
 
     def _check_patterns(self):
         for name, number in (("rank_pattern", int), ("alpha_pattern", (int, float))):
+            if getattr(self, name) is None:
+                self._set(name, {})
             for key, value in getattr(self, name).items():
                 if isinstance(value, bool) or not isinstance(value, number) or value <= 0 or not isinstance(key, str):
                     raise AdapterConfigError(f"{name} maps module-path patterns to positive numbers, got {key!r}: "
