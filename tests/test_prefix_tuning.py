@@ -372,3 +372,15 @@ def test_encoder_decoder_batchsplit_rows_equal_each_prefix_alone():
         alone = seq2seq_outputs(model, inputs, name)
         for key in ("enc_hidden", "logits"):
             close(split[key][row], alone[key][row])
+
+
+def test_prefix_dropout_draws_a_mask_per_row_as_adapterhub():
+    model = with_prefixes(tiny_model(), "p", config="prefix_tuning[prefix_length=3, bottleneck_size=8, dropout=0.5]")
+    model.backbone.prefix_tuning.train()  # the prefix's dropout only; the backbone stays in eval mode
+    inputs = batch(rows=1)
+    twice = {k: v.repeat(2, 1) for k, v in inputs.items()}
+    hidden = run(model, twice, "p").hidden_states
+    assert (hidden[0] - hidden[1]).abs().max() > 1e-3  # the same row twice, two masks
+    model.backbone.prefix_tuning.eval()
+    hidden = run(model, twice, "p").hidden_states
+    close(hidden[0], hidden[1], tol=1e-6)

@@ -43,8 +43,9 @@ class _Prefix(nn.Module):
         raise NotImplementedError
 
     def key_values(self) -> torch.Tensor:
-        """``(n_layers, 2, n_heads, prefix_length, head_dim)``: each layer's keys (0) and values (1)."""
-        return self.dropout(self.flat().view(self.shape).permute(1, 2, 3, 0, 4))
+        """``(n_layers, 2, n_heads, prefix_length, head_dim)``: each layer's keys (0) and values (1),
+        before dropout (applied per row where the layer uses them, as AdapterHub drops per row)."""
+        return self.flat().view(self.shape).permute(1, 2, 3, 0, 4)
 
 
 class PrefixTuning(_Prefix):
@@ -143,7 +144,8 @@ class PrefixTuningLayer(ComposableLayer):
     def compose_single(self, name: str, state: PrefixState) -> PrefixState:
         pair = self.pool.key_values(name, self.location, self.context.state.stash)[self.prefixes[name]]
         rows, length = state.key.shape[0], pair.shape[2]
-        keys, values = (t.to(state.key.dtype).expand(rows, -1, -1, -1) for t in pair)
+        dropout = self.pool.prefix_tunings[name][self.location].dropout
+        keys, values = (dropout(t.to(state.key.dtype).expand(rows, -1, -1, -1)) for t in pair)
         if name in self.prefix_gates:
             gate = torch.sigmoid(self.prefix_gates[name](state.hidden)).mean(dim=1)  # (rows, 1 or 2)
             keys = keys * gate[:, 0].view(-1, 1, 1, 1)
