@@ -170,7 +170,8 @@ def test_target_modules_that_name_nothing_are_refused():
 
 OURS = {"lo": "bert", "do": "bert", "ia": "bert", "tm": "bert", "g2lo": "gpt2", "g2ia": "gpt2",
         "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox"}  # adapter -> backbone
-HEADED = {"llh": "AutoModelForCausalLM", "sc": "AutoModelForSequenceClassification"}  # PEFT loads these onto task models
+HEADED = {"llh", "sc"}  # with their own head, written as modules_to_save
+TASK_MODELS = {"bert": "AutoModel", "bert_seqcls": "AutoModelForSequenceClassification"}  # else *ForCausalLM
 
 
 def ours(tmp_path) -> dict:
@@ -205,15 +206,15 @@ def ours(tmp_path) -> dict:
 
 
 def our_outputs(models, ref) -> dict:
-    """Each adapter's hidden states, with its own head the logits (``<name>.logits``), on BERT
-    the pooler's output (``<name>.pooler``)."""
+    """Each adapter's hidden states, the logits of a task model (``<name>.logits``, its own head's
+    where it has one), on BertModel the pooler's output (``<name>.pooler``)."""
     expected = {}
     for name, backbone in OURS.items():
         with models[backbone].adapter_setup(name):
             out = outputs(models[backbone], ref, backbone)
         expected[name] = out["hidden"]
         for other in ("logits", "pooler"):
-            if other in out and (other == "pooler" or name in HEADED):
+            if other in out:
                 expected[f"{name}.{other}"] = out[other]
     return expected
 
@@ -230,10 +231,14 @@ def test_our_peft_folders_reload_with_our_outputs(ref, tmp_path):
     assert json.loads((tmp_path / "ia" / "adapter_config.json").read_text())["feedforward_modules"] == [
         "encoder.layer.0.output.dense", "encoder.layer.1.output.dense"]
     gpt2 = json.loads((tmp_path / "g2lo" / "adapter_config.json").read_text())
-    assert gpt2["fan_in_fan_out"] and gpt2["rank_pattern"] == {f"h.{i}.attn.c_attn": 4 for i in (0, 1)}
-    assert load_file(tmp_path / "g2lo" / "adapter_model.safetensors")["base_model.model.h.0.attn.c_attn.lora_B.weight"].shape == (96, 4)
+    assert gpt2["fan_in_fan_out"] and gpt2["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 4 for i in (0, 1)}
+    assert gpt2["task_type"] == "CAUSAL_LM" and gpt2["modules_to_save"] is None  # the checkpoint is a GPT2LMHeadModel
+    assert load_file(tmp_path / "g2lo" / "adapter_model.safetensors")[
+        "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].shape == (96, 4)
     assert json.loads((tmp_path / "tm" / "adapter_config.json").read_text())["target_modules"] == [
         "pooler.dense", "encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense"]
+    for name in OURS:
+        assert bool(json.loads((tmp_path / name / "adapter_config.json").read_text())["modules_to_save"]) == (name in HEADED)
     headed = json.loads((tmp_path / "llh" / "adapter_config.json").read_text())
     assert (headed["task_type"], headed["modules_to_save"]) == ("CAUSAL_LM", ["lm_head"])
     assert "model.layers.0.mlp.up_proj" in headed["target_modules"]  # relative to the LlamaForCausalLM
@@ -271,13 +276,13 @@ def test_peft_fields_survive_our_own_files(ref, tmp_path):
 
 def test_peft_loads_our_folders_with_our_outputs(ref, tmp_path):
     """PEFT itself (peft==0.21.0, the test extra) loads each folder we wrote onto the transformers
-    model (the task model where the folder holds a head) and gives our outputs."""
+    model of its backbone's checkpoint (``*ForCausalLM`` for the decoders) and gives our outputs."""
     import transformers
     from peft import PeftModel
 
     expected = our_outputs(ours(tmp_path), ref)
     for name, backbone in OURS.items():
-        auto = getattr(transformers, HEADED.get(name, "AutoModel"))
+        auto = getattr(transformers, TASK_MODELS.get(backbone, "AutoModelForCausalLM"))
         model = PeftModel.from_pretrained(auto.from_pretrained(BACKBONES[backbone]), tmp_path / name).eval()
         with torch.no_grad():
             out = model(input_ids=ref[f"inputs.{backbone}.input_ids"],

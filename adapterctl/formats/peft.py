@@ -18,11 +18,11 @@ A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``
 becomes our head of the adapter's name. What our adapters cannot express is a one-line error
 naming it (``bias``, LoRA on embeddings, trainable tokens, ...).
 
-Written folders hold paths relative to the base model (``AutoModel``), the form PEFT loads with
-``PeftModel.from_pretrained(AutoModel.from_pretrained(<backbone>), folder)``, or, where the
-adapter has a head of the checkpoint's kind (written as ``modules_to_save``), relative to the
-task model (``*ForCausalLM``); a fused projection's pairs become one of rank ``n r`` with a
-block-diagonal B.
+Written folders hold paths relative to the model the backbone's checkpoint is, the one PEFT
+will wrap again: the task model (``PeftModel.from_pretrained(AutoModelForCausalLM...)``) where
+it came with its head (our head ``default``; the adapter's own head of that kind is written as
+``modules_to_save``), else the base model (``AutoModel``). A fused projection's pairs become one
+of rank ``n r`` with a block-diagonal B.
 """
 
 from __future__ import annotations
@@ -254,11 +254,11 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
                                  "DoRA (dora_variant='peft') and IA3 adapters (no gating; AdapterHub's DoRA and VeRA "
                                  "compute otherwise there)")
     scale = config.composition_mode == "scale"
-    head = _head_layers(model)  # written when the adapter's head is the checkpoint's kind (modules_to_save)
-    if name not in model.heads or (head and model.heads[name].config != model.heads["default"].config):
-        head = {}
-    # with a head PEFT loads onto the task model (``*ForCausalLM``), where the backbone sits under its prefix
-    root = model.base_model_prefix + "." if head else ""
+    # A checkpoint of a task model (``*ForCausalLM``: our head ``default``) is what PEFT will wrap again:
+    # paths under its prefix, and the adapter's own head of that kind as modules_to_save
+    task_model = _head_layers(model)
+    head = task_model if name in model.heads and model.heads[name].config == model.heads["default"].config else {}
+    root = model.base_model_prefix + "." if task_model else ""
     paths = {id(m): root + n for n, m in model.backbone.named_modules()}
     tensors, targets, feedforward, ranks, alphas, conv1d = {}, [], [], {}, {}, False
     for (stack, idx, key), layer in sorted(model._method("lora").layers.items()):
@@ -285,7 +285,7 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
     for module, i in head.items():
         for param, tensor in model.heads[name][i].named_parameters():
             tensors[f"{PREFIX}{module}.{param}"] = tensor.detach()
-    task = TASKS.get(model.heads[name].config["head_type"]) if head else None
+    task = TASKS.get(model.heads["default"].config["head_type"]) if task_model else None
     peft = {"peft_type": "IA3" if scale else "LORA", "task_type": task, "inference_mode": True,
             "base_model_name_or_path": model.model_name, "target_modules": targets,
             "fan_in_fan_out": conv1d, "modules_to_save": sorted(head) or None}
