@@ -329,24 +329,31 @@ def test_encoder_decoder_prefixes_and_unions_of_adapterhub_give_its_outputs_and_
         assert torch.equal(greedy(model, inputs, name, family), ref[f"generate.{name}.cache"])
 
 
+def seq2seq_stepwise(model, inputs, first: int):
+    """Decoder logits in one pass without a cache, and in ``first`` tokens then one token per pass
+    with a KV cache (the active setup, head ``default``); and the cache."""
+    lm, ids = model._causal_lm("default"), inputs["decoder_input_ids"]
+    encoder = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        full = lm(**encoder, decoder_input_ids=ids).logits
+        out = lm(**encoder, decoder_input_ids=ids[:, :first], use_cache=True)
+        steps = [out.logits]
+        for i in range(first, ids.shape[1]):
+            out = lm(encoder_outputs=(out.encoder_last_hidden_state,), attention_mask=inputs["attention_mask"],
+                     decoder_input_ids=ids[:, i:i + 1], cache=out.past_key_values, use_cache=True)
+            steps.append(out.logits)
+    return full, torch.cat(steps, dim=1), out.past_key_values
+
+
 @pytest.mark.parametrize("family", ["t5", "bart"])
 def test_encoder_decoder_prefix_decodes_the_same_step_by_step_with_a_kv_cache(family):
     model, inputs, ref = seq2seq(family)
     model.load_adapter(SEQ2SEQ / family / "methods" / "bin" / "pt", with_head=False)
     model.set_active_adapters("pt")
-    lm, ids = model._causal_lm("default"), inputs["decoder_input_ids"]
-    encoder = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    with torch.no_grad():
-        full = lm(**encoder, decoder_input_ids=ids).logits
-        out = lm(**encoder, decoder_input_ids=ids[:, :2], use_cache=True)
-        steps = [out.logits]
-        for i in range(2, ids.shape[1]):
-            out = lm(encoder_outputs=(out.encoder_last_hidden_state,), attention_mask=inputs["attention_mask"],
-                     decoder_input_ids=ids[:, i:i + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    close(torch.cat(steps, dim=1), full)
+    full, steps, cache = seq2seq_stepwise(model, inputs, first=2)
+    close(steps, full)
     close(full, ref["pt.logits"])
-    assert out.past_key_values.get_seq_length() == ids.shape[1]  # the cache never holds a prefix
+    assert cache.get_seq_length() == inputs["decoder_input_ids"].shape[1]  # the cache never holds a prefix
     assert torch.equal(greedy(model, inputs, "pt", family, use_cache=False), ref["generate.pt.cache"])
 
 

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from adapterctl import AdapterConfigError, AdapterModel, Parallel, Stack
 from conftest import batch, perturb, tiny_llama, tiny_model
-from test_prefix_tuning import SEQ2SEQ, close, greedy, run, seq2seq, seq2seq_outputs  # the same helpers
+from test_prefix_tuning import (SEQ2SEQ, close, greedy, run, seq2seq, seq2seq_outputs,  # the same helpers
+                                seq2seq_stepwise)
 
 METHODS = Path(__file__).parent / "fixtures" / "adapterhub_methods"
 
@@ -140,17 +141,8 @@ def test_encoder_decoder_reft_decodes_the_same_step_by_step_with_a_kv_cache():
     model, inputs, _ = seq2seq("mbart")
     model.load_adapter(SEQ2SEQ / "mbart" / "methods" / "bin" / "loreft", with_head=False)
     model.set_active_adapters("loreft")
-    lm, ids = model._causal_lm("default"), inputs["decoder_input_ids"]
-    encoder = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    with torch.no_grad():
-        full = lm(**encoder, decoder_input_ids=ids).logits
-        out = lm(**encoder, decoder_input_ids=ids[:, :1], use_cache=True)
-        steps = [out.logits]
-        for i in range(1, ids.shape[1]):
-            out = lm(encoder_outputs=(out.encoder_last_hidden_state,), attention_mask=inputs["attention_mask"],
-                     decoder_input_ids=ids[:, i:i + 1], cache=out.past_key_values, use_cache=True)
-            steps.append(out.logits)
-    close(torch.cat(steps, dim=1), full)
+    full, steps, _ = seq2seq_stepwise(model, inputs, first=1)
+    close(steps, full)
 
 
 def test_encoder_decoder_suffix_reft_uses_the_decoders_own_last_token_and_reloads(tmp_path):
