@@ -55,7 +55,7 @@ def backbone_of(case: str) -> str:
 
 @pytest.mark.parametrize("case", ["bert_lora_list", "bert_lora_regex", "bert_lora_layers", "bert_lora_rslora",
                                   "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_lora_alllinear",
-                                  "bert_ia3",
+                                  "bert_ia3", "bert_vera",
                                   "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
                                   "gpt2_lora_fanin", "gpt2_ia3", "neox_lora", "neox_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):
@@ -120,6 +120,7 @@ def test_modules_outside_the_projections_and_a_head(ref):
     ({"modules_to_save": ["classifier"]}, r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
     ({"bias": "lora_only"}, "PEFT's bias='lora_only' is not supported"),
     ({"use_qalora": True}, "PEFT's use_qalora=True is not supported"),
+    ({"peft_type": "VERA", "r": 4}, "PEFT's VeRA was saved without its random projections"),
     ({}, "adapts embeddings.word_embeddings, which is not a Linear layer"),
 ])
 def test_peft_features_we_cannot_follow_are_named(change, message, tmp_path):

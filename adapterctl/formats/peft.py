@@ -1,9 +1,10 @@
 """PEFT's adapter folders: ``adapter_config.json`` (with ``peft_type``) and
 ``adapter_model.safetensors`` (or a legacy ``adapter_model.bin``, read with ``weights_only=True``),
 keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
-``.lora_magnitude_vector`` / ``.ia3_l``, and ``<module path>.weight`` for ``modules_to_save``.
+``.lora_magnitude_vector`` / ``.ia3_l`` / ``.vera_lambda_b`` / ``.vera_lambda_d`` (and VeRA's
+``base_model.vera_A`` / ``vera_B``), and ``<module path>.weight`` for ``modules_to_save``.
 
-A PEFT folder loads as one of our LoRA or IA3 adapters when what it adapts are Linear (or
+A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters when what it adapts are Linear (or
 Conv1D) modules of the backbone. The modules are read from the weight keys, so
 ``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
 AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
@@ -13,7 +14,9 @@ config uses them, else our ``target_modules`` lists each path (Llama's ``gate_pr
 ``rank_pattern`` / ``alpha_pattern`` entries under their exact paths. ``use_rslora`` (scaling
 ``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``use_dora`` DoRA with
 ``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the modules PEFT's rule picks, by
-path). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
+path). PEFT's VeRA vectors ``lambda_b``, ``lambda_d`` are AdapterHub's diagonal ``vera_B``,
+``vera_D`` with ``alpha = r`` (PEFT does not scale); written VeRA is refused (ours trains the full
+matrices). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
 A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
 becomes our head of the adapter's name. What our adapters cannot express is a one-line error
 naming it (``bias``, LoRA on embeddings, trainable tokens, ...).
@@ -31,6 +34,7 @@ import math
 import re
 from pathlib import Path
 
+import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..errors import AdapterConfigError, CorruptFileError, IncompatibleAdapterError
@@ -43,7 +47,8 @@ PREFIX = "base_model.model."
 TASKS = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS", "tagging": "TOKEN_CLS"}  # head type -> PEFT's
 ATTENTION = ("q", "k", "v", "o")
 SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".lora_magnitude_vector": "m.weight"},
-            "IA3": {".ia3_l": "lora_B"}}
+            "IA3": {".ia3_l": "lora_B"}, "VERA": {".vera_lambda_b": "vera_B", ".vera_lambda_d": "vera_D"}}
+VERA_SHARED = {"base_model.vera_A": "lora_A", "base_model.vera_B": "lora_B"}  # PEFT's VeRA projections, saved once
 # PEFT fields that change what an adapter computes, and the value under which we can follow it
 # (fan_in_fan_out only says how a Conv1D stores its weight: PEFT sets it from the module's type)
 UNSUPPORTED = {"bias": "none", "lora_bias": False, "layer_replication": None, "target_parameters": None,
@@ -82,7 +87,7 @@ def _read(model, path: Path, name: str):
     peft = read_json(path / CONFIG)
     kind = peft.get("peft_type")
     if kind not in SUFFIXES:
-        raise AdapterConfigError(f"{path} is a PEFT {kind} adapter; adapterctl reads PEFT's LORA and IA3 adapters")
+        raise AdapterConfigError(f"{path} is a PEFT {kind} adapter; adapterctl reads PEFT's LORA, IA3 and VERA adapters")
     for field, neutral in UNSUPPORTED.items():
         if peft.get(field, neutral) not in (neutral, None, False, {}, [], "none"):
             raise AdapterConfigError(f"{path}: PEFT's {field}={peft[field]!r} is not supported by adapterctl; "
@@ -91,7 +96,13 @@ def _read(model, path: Path, name: str):
     places = _places(model)
     adapted: dict[str, dict] = {}  # module path -> {"path", "peft_path", "keys", our param: tensor}
     tensors, saved = {}, {}  # saved: modules_to_save's module path -> {param: tensor}
+    if kind == "VERA" and not VERA_SHARED.keys() <= weights.keys():
+        raise AdapterConfigError(f"{path}: PEFT's VeRA was saved without its random projections (save_projection="
+                                 "False: PEFT redraws them from projection_prng_key); re-save it with save_projection=True")
     for key, tensor in weights.items():
+        if kind == "VERA" and key in VERA_SHARED:
+            tensors[f"{model.base_model_prefix}.shared_parameters.{name}.{VERA_SHARED[key]}"] = tensor.contiguous()
+            continue
         module, _, param = key.removeprefix(PREFIX).rpartition(".")
         if any(module == m or module.endswith("." + m) for m in peft.get("modules_to_save") or ()):
             saved.setdefault(module, {})[param] = tensor
@@ -104,6 +115,8 @@ def _read(model, path: Path, name: str):
         stack, idx, keys = places[module]
         if param == "m.weight" or kind == "IA3":  # DoRA's (out,), IA3's (out, 1) or feed-forward (1, in): ours (n, 1)
             tensor = tensor.reshape(-1, 1)
+        elif kind == "VERA":  # PEFT's vectors lambda_b (out,), lambda_d (r,): AdapterHub's diagonal matrices
+            tensor = torch.diag(tensor)
         feedforward = kind == "IA3" and _feedforward(peft.get("feedforward_modules") or [], peft_path)
         if len(keys) > 1 and not feedforward:  # a fused projection: PEFT's one pair over q | k | v, each slice's reads its A
             tensor = tensor.repeat(len(keys), 1) if param == "lora_A" else tensor[_fused_rows(model, stack, keys, tensor)]
@@ -192,6 +205,9 @@ def _config(model, peft: dict, kind: str, adapted: dict, places: dict, path: Pat
     from ..methods.lora.config import LoRAConfig, pattern_key
 
     fields = _placement(model, adapted, places)
+    if kind == "VERA":  # lambda_b B (lambda_d A x) with no scaling: alpha = r
+        return LoRAConfig(**fields, r=peft.get("r", 256), alpha=peft.get("r", 256), vera_d=peft.get("d_initial", 0.1),
+                          vera_b=0.0, init_weights="vera", dropout=float(peft.get("vera_dropout") or 0.0))
     if kind == "IA3":
         feedforward = peft.get("feedforward_modules") or []
         return LoRAConfig(**fields, r=1, alpha=1, composition_mode="scale", init_weights="ia3",
