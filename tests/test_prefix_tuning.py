@@ -314,7 +314,7 @@ def test_encoder_decoder_prefixes_and_unions_of_adapterhub_give_its_outputs_and_
     """AdapterHub's encoder_prefix / self_prefix / cross_prefix places and names: the default
     config, one without an encoder prefix and with leave_out and per-key/value gates (on T5 a
     left-out first decoder layer leaves the next without relative positions, as AdapterHub's T5
-    does), a flat one without cross prefix, and MAM and UniPELT. References are AdapterHub run
+    does), a flat one without cross prefix, MAM and UniPELT, Stack and BatchSplit. References are AdapterHub run
     with eager attention (its sdpa path masks BART's decoder prefix wrongly; make_encdec_methods.py)."""
     model, inputs, ref = seq2seq(family)
     for name in ("pt", "ptsw", "flatpt", "mam", "unipelt"):
@@ -327,6 +327,12 @@ def test_encoder_decoder_prefixes_and_unions_of_adapterhub_give_its_outputs_and_
     assert list(model.backbone.prefix_tuning.prefix_tunings["ptsw"]) == ["self_prefix", "cross_prefix"]
     for name in ("pt", "ptsw"):
         assert torch.equal(greedy(model, inputs, name, family), ref[f"generate.{name}.cache"])
+    for key, value in seq2seq_outputs(model, inputs, Stack("pt", "flatpt")).items():
+        close(value, ref[f"stack.{key}"])
+    # BatchSplit: the row with the longest prefixes is AdapterHub's; its shorter rows attend to their
+    # padding (pad_and_concat pads keys with pad_token_id and the additive mask with +1), ours do not
+    for key, value in seq2seq_outputs(model, inputs, BatchSplit("pt", "ptsw", batch_sizes=[1, 1])).items():
+        close(value[:1], ref[f"bsplit.{key}"][:1])
 
 
 def seq2seq_stepwise(model, inputs, first: int):
@@ -372,7 +378,8 @@ def test_encoder_decoder_prefix_ejects_saves_and_reloads_under_adapterhubs_names
 
 def test_encoder_decoder_batchsplit_rows_equal_each_prefix_alone():
     """BART (absolute positions): each slice of rows runs its own prefixes, the shorter one padded
-    and invisible. (T5's relative positions count the padding, as AdapterHub's T5 does.)"""
+    and invisible. (On T5 the relative positions count the padding, so a shorter row differs from
+    the row alone; AdapterHub's differs more: its padding is visible, see the test above.)"""
     model, inputs, _ = seq2seq("bart")
     for name in ("pt", "ptsw"):  # 4 positions everywhere / 3, not in the encoder
         model.load_adapter(SEQ2SEQ / "bart" / "methods" / "bin" / name, with_head=False)
