@@ -120,6 +120,7 @@ def test_modules_outside_the_projections_and_a_head(ref):
     ({"modules_to_save": ["classifier"]}, r"modules_to_save \['classifier'\] is not a prediction head adapterctl maps"),
     ({"bias": "lora_only"}, "PEFT's bias='lora_only' is not supported"),
     ({"use_qalora": True}, "PEFT's use_qalora=True is not supported"),
+    ({"init_lora_weights": "pissa_niter_4"}, "path_initial_model_for_weight_conversion"),
     ({"peft_type": "VERA", "r": 4}, "PEFT's VeRA was saved without its random projections"),
     ({}, "adapts embeddings.word_embeddings, which is not a Linear layer"),
 ])

@@ -19,7 +19,8 @@ path). PEFT's VeRA vectors ``lambda_b``, ``lambda_d`` are AdapterHub's diagonal 
 matrices). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
 A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
 becomes our head of the adapter's name. What our adapters cannot express is a one-line error
-naming it (``bias``, LoRA on embeddings, trainable tokens, ...).
+naming it (``bias``, LoRA on embeddings, trainable tokens, inits that change the base weights
+such as PiSSA, ...).
 
 Written folders hold paths relative to the model the backbone's checkpoint is, the one PEFT
 will wrap again: the task model (``PeftModel.from_pretrained(AutoModelForCausalLM...)``) where
@@ -48,6 +49,8 @@ TASKS = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS", "tagging": "TOKE
 ATTENTION = ("q", "k", "v", "o")
 SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".lora_magnitude_vector": "m.weight"},
             "IA3": {".ia3_l": "lora_B"}, "VERA": {".vera_lambda_b": "vera_B", ".vera_lambda_d": "vera_D"}}
+# LoRA inits that change the base weights (W - B A at init), which PEFT redoes on loading and we do not
+BASE_CHANGING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
 VERA_SHARED = {"base_model.vera_A": "lora_A", "base_model.vera_B": "lora_B"}  # PEFT's VeRA projections, saved once
 # PEFT fields that change what an adapter computes, and the value under which we can follow it
 # (fan_in_fan_out only says how a Conv1D stores its weight: PEFT sets it from the module's type)
@@ -92,6 +95,11 @@ def _read(model, path: Path, name: str):
         if peft.get(field, neutral) not in (neutral, None, False, {}, [], "none"):
             raise AdapterConfigError(f"{path}: PEFT's {field}={peft[field]!r} is not supported by adapterctl; "
                                      f"retrain or re-save the adapter without it")
+    init = peft.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(BASE_CHANGING_INITS):
+        raise AdapterConfigError(f"{path}: PEFT's init_lora_weights={init!r} trains against changed base weights, which "
+                                 "adapterctl does not recreate; convert it to a plain LoRA with PEFT's save_pretrained("
+                                 "..., path_initial_model_for_weight_conversion=...) and load that")
     weights = read_weights(path, WEIGHTS)
     places = _places(model)
     adapted: dict[str, dict] = {}  # module path -> {"path", "peft_path", "keys", our param: tensor}
