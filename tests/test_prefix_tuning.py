@@ -376,13 +376,14 @@ def test_encoder_decoder_prefix_ejects_saves_and_reloads_under_adapterhubs_names
     close(seq2seq_outputs(fresh, inputs, "ej")["logits"], ref["pt.logits"])
 
 
-def test_encoder_decoder_batchsplit_rows_equal_each_prefix_alone():
-    """BART (absolute positions): each slice of rows runs its own prefixes, the shorter one padded
-    and invisible. (On T5 the relative positions count the padding, so a shorter row differs from
-    the row alone; AdapterHub's differs more: its padding is visible, see the test above.)"""
-    model, inputs, _ = seq2seq("bart")
-    for name in ("pt", "ptsw"):  # 4 positions everywhere / 3, not in the encoder
-        model.load_adapter(SEQ2SEQ / "bart" / "methods" / "bin" / name, with_head=False)
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_batchsplit_rows_equal_each_prefix_alone(family):
+    """Each slice of rows runs its own prefixes, the shorter one padded and invisible; T5's relative
+    positions (and AdapterHub's rule for reusing them across layers) are each row's own. AdapterHub's
+    shorter rows differ: their padding is visible (see the test above)."""
+    model, inputs, _ = seq2seq(family)
+    for name in ("pt", "ptsw"):  # 4 positions everywhere / 3, not in the encoder nor the decoder's first layer
+        model.load_adapter(SEQ2SEQ / family / "methods" / "bin" / name, with_head=False)
     split = seq2seq_outputs(model, inputs, BatchSplit("pt", "ptsw", batch_sizes=[1, 1]))
     for row, name in enumerate(("pt", "ptsw")):
         alone = seq2seq_outputs(model, inputs, name)

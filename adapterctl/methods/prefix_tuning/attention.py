@@ -14,7 +14,7 @@ and passed on. AdapterHub's T5 attention computes that bias after the prefix is 
 prefix at key positions ``0 .. P-1``, the sequence after it) and a layer reuses the previous
 layer's bias only when its keys are as many, else computes one itself, with relative positions
 only in the first layer (the others have no bias table: zeros). ``_t5_position_bias`` follows
-that rule, so T5's outputs match AdapterHub's.
+that rule, so T5's outputs match AdapterHub's; in a BatchSplit, per row.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from transformers import PretrainedConfig
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
@@ -47,9 +48,10 @@ def _attention(inner: str):
         function = _inner_function(inner, module)
         layer = module._modules.get("prefix_tuning")
         state = layer.extend(key, value) if isinstance(layer, PrefixTuningLayer) else None
-        if "position_bias" in kwargs:
-            total = key.shape[2] + (state.visible.shape[1] if state is not None else 0)
-            kwargs["position_bias"] = _t5_position_bias(module, query, key.shape[2], total, kwargs["position_bias"])
+        if "position_bias" in kwargs:  # T5
+            prefix, padding = (state.visible.shape[1], (~state.visible).sum(dim=1)) if state is not None else (0, None)
+            kwargs["position_bias"] = _t5_position_bias(module, query, key.shape[2], prefix, padding,
+                                                        kwargs["position_bias"])
         if state is None:
             return function(module, query, key, value, attention_mask, **kwargs)
         causal = kwargs.get("is_causal")
@@ -60,27 +62,48 @@ def _attention(inner: str):
     return attention
 
 
-def _t5_position_bias(module, query, keys: int, total: int, given: torch.Tensor | None) -> torch.Tensor | None:
-    """The bias AdapterHub's T5 adds at this attention layer with ``total`` keys (``keys`` of
-    them the sequence's, cache included); ``given``: transformers' (for ``keys``)."""
+def _t5_position_bias(module, query, keys: int, prefix: int, padding: torch.Tensor | None,
+                      given: torch.Tensor | None) -> torch.Tensor | None:
+    """The bias AdapterHub's T5 adds at this attention layer with ``prefix`` slots in front of
+    the sequence's ``keys`` (cache included); ``given``: transformers' (for ``keys``). ``padding``
+    (per row): how many of a row's slots pad a shorter prefix (BatchSplit); such a row gets the bias
+    it gets alone, after its padding (AdapterHub's shorter rows attend to their padding instead)."""
     if given is None:
         return None
+    total = keys + prefix
+    lengths = [total] if padding is None or not bool(padding.any()) else (total - padding).tolist()
     chain = dict(_T5_BIAS.get() or {})
     where = (id(module.config), module.is_decoder, module.is_causal)  # encoder, decoder self-, cross-attention
     first = module.has_relative_attention_bias or module.layer_idx == 0
-    last = None if first else chain.get(where)
-    if last is not None and last.shape[-1] == total:
-        bias = last
-    elif total == keys and (first or last is None):
-        bias = given
-    elif module.has_relative_attention_bias:
-        past = keys - query.shape[2]  # self-attention: the cached positions before this chunk
-        bias = module.compute_bias(query.shape[2], total, device=query.device, past_seen_tokens=past)
-    else:
-        bias = torch.zeros((1, given.shape[1], query.shape[2], total), device=query.device, dtype=given.dtype)
-    chain[where] = bias
+    last = None if first else chain.get(where)  # the previous layer's, per row (or one for all rows)
+    if last is not None and len(last) != len(lengths):
+        if len(last) == 1:
+            last = last * len(lengths)
+        elif len(lengths) == 1:
+            lengths = lengths * len(last)
+        else:
+            last = None
+    made = {}
+
+    def bias_for(length: int, previous: torch.Tensor | None) -> torch.Tensor:
+        if previous is not None and previous.shape[-1] == length:
+            return previous
+        if length == keys and (first or last is None):
+            return given
+        if length not in made:
+            if module.has_relative_attention_bias:
+                past = keys - query.shape[2]  # self-attention: the cached positions before this chunk
+                made[length] = module.compute_bias(query.shape[2], length, device=query.device, past_seen_tokens=past)
+            else:
+                made[length] = given.new_zeros((1, given.shape[1], query.shape[2], length))
+        return made[length]
+
+    biases = [bias_for(n, None if last is None else last[i]) for i, n in enumerate(lengths)]
+    chain[where] = biases
     _T5_BIAS.set(chain)
-    return bias
+    if all(b is biases[0] for b in biases) and biases[0].shape[-1] == total:
+        return biases[0]
+    return torch.cat([F.pad(b, (total - b.shape[-1], 0)) for b in biases])
 
 
 for _inner in INNER:
