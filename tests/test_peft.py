@@ -171,7 +171,7 @@ def test_target_modules_that_name_nothing_are_refused():
 
 
 OURS = {"lo": "bert", "do": "bert", "ia": "bert", "tm": "bert", "g2lo": "gpt2", "g2ia": "gpt2",
-        "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox"}  # adapter -> backbone
+        "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox", "ve": "bert"}  # adapter -> backbone
 HEADED = {"llh", "sc"}  # with their own head, written as modules_to_save
 TASK_MODELS = {"bert": "AutoModel", "bert_seqcls": "AutoModelForSequenceClassification"}  # else *ForCausalLM
 
@@ -182,7 +182,8 @@ def ours(tmp_path) -> dict:
     on q and v (two slices of the fused c_attn) and the MLP, an IA3 on k, v and the MLP; GPT-NeoX:
     a LoRA on q and v (fused per head). By
     target_modules: other modules in each BERT layer, and Llama's gate_proj. With a trained copy
-    of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier."""
+    of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier. PEFT's own
+    VeRA fixture, loaded and written back."""
     models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
     models["bert"].add_adapter("tm", "lora", target_modules=["layer.0.attention.self.query", "layer.1.output.dense",
                                                             "pooler.dense"])
@@ -202,6 +203,7 @@ def ours(tmp_path) -> dict:
         perturb(model, ".loras.", std=0.3)
         perturb(model, "heads.llh", std=0.3)
         perturb(model, "heads.sc", std=0.3)
+    models["bert"].load_adapter(PEFT / "bert_vera", load_as="ve")  # PEFT's VeRA: diagonal vera_B, vera_D
     for name, backbone in OURS.items():
         models[backbone].save_adapter(tmp_path / name, name, format="peft")
     return models
@@ -257,6 +259,10 @@ def test_our_peft_folders_reload_with_our_outputs(ref, tmp_path):
     models["bert"].add_adapter("d", "dora")
     with pytest.raises(AdapterConfigError, match="cannot be written as a PEFT folder"):
         models["bert"].save_adapter(tmp_path / "d", "d", format="peft")
+    models["bert"].add_adapter("v", "vera")
+    perturb(models["bert"], ".loras.v.", std=0.3)  # trained the AdapterHub way: full vera_B, vera_D
+    with pytest.raises(AdapterConfigError, match="are no longer diagonal"):
+        models["bert"].save_adapter(tmp_path / "v", "v", format="peft")
 
 
 def test_peft_fields_survive_our_own_files(ref, tmp_path):

@@ -15,8 +15,8 @@ config uses them, else our ``target_modules`` lists each path (Llama's ``gate_pr
 ``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``use_dora`` DoRA with
 ``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the modules PEFT's rule picks, by
 path). PEFT's VeRA vectors ``lambda_b``, ``lambda_d`` are AdapterHub's diagonal ``vera_B``,
-``vera_D`` with ``alpha = r`` (PEFT does not scale); written VeRA is refused (ours trains the full
-matrices). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
+``vera_D`` with ``alpha = r`` (PEFT does not scale); a VeRA is written back while those are
+diagonal (AdapterHub's trains the full matrices: then it is refused). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
 A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
 becomes our head of the adapter's name. What our adapters cannot express is a one-line error
 naming it (``bias``, LoRA on embeddings, trainable tokens, inits that change the base weights
@@ -162,6 +162,15 @@ def _load_head(model, name: str, saved: dict, path: Path, overwrite_ok: bool) ->
         raise
 
 
+def _wrapped(model) -> tuple[str, str | None]:
+    """The prefix of the backbone's module paths and PEFT's ``task_type`` in the model PEFT will
+    wrap: the task model (``*ForCausalLM``) where the checkpoint came with its head, else the
+    base model (``AutoModel``)."""
+    if not _head_layers(model):
+        return "", None
+    return model.base_model_prefix + ".", TASKS.get(model.heads["default"].config["head_type"])
+
+
 def _head_layers(model) -> dict[str, int]:
     """The task model's head modules -> the index of their layer in our head ``default`` (the
     checkpoint's head, by the family's static head map); empty without such a head."""
@@ -270,19 +279,20 @@ def _number(value: float) -> int | float:
 
 def save(model, directory, name: str, overwrite: bool = False) -> Path:
     """Write the adapter ``name`` as a PEFT folder: plain LoRA (per-module ranks and alphas too),
-    PEFT's DoRA, or IA3 scaling outputs or (``feedforward_modules``) inputs."""
+    PEFT's DoRA, IA3 scaling outputs or (``feedforward_modules``) inputs, or VeRA while its
+    ``vera_B`` and ``vera_D`` are diagonal (PEFT's vectors)."""
     config = model.adapters_config[name]
-    if config.method != "lora" or config.use_gating or config.is_vera or (
-            config.use_dora and config.dora_variant != "peft"):
+    if config.method != "lora" or config.use_gating or (config.use_dora and (config.is_vera or
+                                                                             config.dora_variant != "peft")):
         raise AdapterConfigError(f"{name!r} cannot be written as a PEFT folder: PEFT's files hold plain LoRA, its own "
-                                 "DoRA (dora_variant='peft') and IA3 adapters (no gating; AdapterHub's DoRA and VeRA "
-                                 "compute otherwise there)")
+                                 "DoRA (dora_variant='peft'), IA3 and VeRA adapters (no gating; AdapterHub's DoRA "
+                                 "computes otherwise there)")
+    if config.is_vera:
+        return _save_vera(model, directory, name, overwrite)
     scale = config.composition_mode == "scale"
-    # A checkpoint of a task model (``*ForCausalLM``: our head ``default``) is what PEFT will wrap again:
-    # paths under its prefix, and the adapter's own head of that kind as modules_to_save
-    task_model = _head_layers(model)
-    head = task_model if name in model.heads and model.heads[name].config == model.heads["default"].config else {}
-    root = model.base_model_prefix + "." if task_model else ""
+    root, task = _wrapped(model)  # and the adapter's own head of the checkpoint's kind as modules_to_save
+    head = _head_layers(model) if root and name in model.heads and \
+        model.heads[name].config == model.heads["default"].config else {}
     paths = {id(m): root + n for n, m in model.backbone.named_modules()}
     tensors, targets, feedforward, ranks, alphas, conv1d = {}, [], [], {}, {}, False
     for (stack, idx, key), layer in sorted(model._method("lora").layers.items()):
@@ -309,7 +319,6 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
     for module, i in head.items():
         for param, tensor in model.heads[name][i].named_parameters():
             tensors[f"{PREFIX}{module}.{param}"] = tensor.detach()
-    task = TASKS.get(model.heads["default"].config["head_type"]) if task_model else None
     peft = {"peft_type": "IA3" if scale else "LORA", "task_type": task, "inference_mode": True,
             "base_model_name_or_path": model.model_name, "target_modules": targets,
             "fan_in_fan_out": conv1d, "modules_to_save": sorted(head) or None}
@@ -323,4 +332,33 @@ def save(model, directory, name: str, overwrite: bool = False) -> Path:
     with atomic_dir(directory, overwrite) as tmp:
         write_json(tmp / CONFIG, peft)
         write_weights(tmp / WEIGHTS[0], tensors)
+    return Path(directory)
+
+
+def _save_vera(model, directory, name: str, overwrite: bool) -> Path:
+    """VeRA as PEFT's: ``lambda_b`` / ``lambda_d`` are the diagonals of ``vera_B`` / ``vera_D``
+    (``lambda_b`` times our ``alpha / r``: PEFT does not scale), the shared matrices saved once."""
+    config, shared = model.adapters_config[name], model._method("lora")._shared()[name]
+    root, task = _wrapped(model)
+    paths = {id(m): root + n for n, m in model.backbone.named_modules()}
+    tensors, targets = {"base_model.vera_A": shared.lora_A.detach(), "base_model.vera_B": shared.lora_B.detach()}, []
+    for (stack, idx, key), layer in sorted(model._method("lora").layers.items()):
+        if name not in layer.loras:
+            continue
+        vera, module = layer.loras[name], paths[id(layer.linear)]
+        for matrix in (vera.vera_B, vera.vera_D):
+            if not torch.equal(matrix, torch.diag(torch.diagonal(matrix))):
+                raise AdapterConfigError(f"{name!r} cannot be written as a PEFT folder: its vera_B / vera_D at {module} "
+                                         "are no longer diagonal (AdapterHub's VeRA trains full matrices; PEFT's "
+                                         "holds vectors)")
+        tensors[f"{PREFIX}{module}.vera_lambda_b"] = torch.diagonal(vera.vera_B).detach() * vera.scaling
+        tensors[f"{PREFIX}{module}.vera_lambda_d"] = torch.diagonal(vera.vera_D).detach()
+        targets.append(module)
+    peft = {"peft_type": "VERA", "task_type": task, "inference_mode": True, "base_model_name_or_path": model.model_name,
+            "target_modules": targets, "r": config.r, "d_initial": config.vera_d, "vera_dropout": config.dropout,
+            "save_projection": True, "projection_prng_key": 0, "bias": "none", "fan_in_fan_out": False,
+            "modules_to_save": None}
+    with atomic_dir(directory, overwrite) as tmp:
+        write_json(tmp / CONFIG, peft)
+        write_weights(tmp / WEIGHTS[0], {k: v.contiguous() for k, v in tensors.items()})
     return Path(directory)
