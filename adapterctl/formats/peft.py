@@ -4,23 +4,24 @@ keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
 ``.lora_magnitude_vector`` / ``.ia3_l`` / ``.vera_lambda_b`` / ``.vera_lambda_d`` (and VeRA's
 ``base_model.vera_A`` / ``vera_B``), and ``<module path>.weight`` for ``modules_to_save``.
 
-A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters when what it adapts are Linear (or
-Conv1D) modules of the backbone. The modules are read from the weight keys, so
+A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters when what it adapts are Linear
+(or Conv1D) modules of the backbone. The modules are read from the weight keys, so
 ``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
 AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
 config uses them, else our ``target_modules`` lists each path (Llama's ``gate_proj``, BERT's
-``pooler.dense``, modules that differ per layer). Each module's rank is its ``lora_A``'s, its alpha PEFT's
-``alpha_pattern`` match; those that differ from ``r`` / ``lora_alpha`` become our
+``pooler.dense``, modules that differ per layer). Each module's rank is its ``lora_A``'s, its
+alpha PEFT's ``alpha_pattern`` match; those that differ from ``r`` / ``lora_alpha`` become our
 ``rank_pattern`` / ``alpha_pattern`` entries under their exact paths. ``use_rslora`` (scaling
 ``alpha / sqrt(r)``) becomes ``alpha * sqrt(r)``, ``use_dora`` DoRA with
 ``dora_variant="peft"``, IA3's ``feedforward_modules`` ours (the modules PEFT's rule picks, by
 path). PEFT's VeRA vectors ``lambda_b``, ``lambda_d`` are AdapterHub's diagonal ``vera_B``,
 ``vera_D`` with ``alpha = r`` (PEFT does not scale); a VeRA is written back while those are
-diagonal (AdapterHub's trains the full matrices: then it is refused). GPT-2's fused ``c_attn`` takes PEFT's one pair as three of ours, each reading the same
-A. ``modules_to_save`` naming the task model's head (``lm_head``, ``classifier``, ``score``)
-becomes our head of the adapter's name. What our adapters cannot express is a one-line error
-naming it (``bias``, LoRA on embeddings, trainable tokens, inits that change the base weights
-such as PiSSA, ...).
+diagonal (AdapterHub's trains the full matrices: then it is refused). A fused projection
+(GPT-2's ``c_attn``, GPT-NeoX's ``query_key_value``) takes PEFT's one pair as one of ours per
+slice, each reading the same A, B's rows in our slice-by-slice order. ``modules_to_save``
+naming the task model's head (``lm_head``, ``classifier``, ``score``) becomes our head of the
+adapter's name. What our adapters cannot express is a one-line error naming it (``bias``, LoRA
+on embeddings, trainable tokens, inits that change the base weights such as PiSSA, ...).
 
 Written folders hold paths relative to the model the backbone's checkpoint is, the one PEFT
 will wrap again: the task model (``PeftModel.from_pretrained(AutoModelForCausalLM...)``) where

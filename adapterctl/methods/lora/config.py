@@ -9,10 +9,11 @@ maps to one config class.
 Five fields beyond AdapterHub's carry what PEFT's ``LoraConfig`` / ``IA3Config`` can say and
 AdapterHub's cannot, with PEFT's names and matching rules, on module paths relative to the
 backbone (``encoder.layer.1.attention.self.query``): ``target_modules`` (any Linear of the
-backbone, e.g. Llama's ``mlp.gate_proj``, BERT's ``pooler.dense``, differing per layer as it may), ``rank_pattern`` /
-``alpha_pattern`` (a rank or alpha per module), ``feedforward_modules`` (IA3 scales these
-projections' input, not their output) and ``dora_variant="peft"`` (PEFT's DoRA). At their defaults they are left out of saved
-files, so AdapterHub's files and config hashes stay as they are."""
+backbone, e.g. Llama's ``mlp.gate_proj``, BERT's ``pooler.dense``, differing per layer as it
+may), ``rank_pattern`` / ``alpha_pattern`` (a rank or alpha per module), ``feedforward_modules``
+(IA3 scales these projections' input, not their output) and ``dora_variant="peft"`` (PEFT's
+DoRA). At their defaults they are left out of saved files, so AdapterHub's files and config
+hashes stay as they are."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ class LoRAConfig(AdapterConfig):
 
     ``target_modules``: when given, it alone places the adapter (``selfattn_lora``,
     ``attn_matrices``, ``intermediate_lora`` and ``output_lora`` are then unused): on every Linear
-    (or Conv1D) of the backbone (adapters' own aside) whose path is a name of the list or ends with ``.`` + one (PEFT's
-    list rule); a fused projection it names is adapted whole (all slices).
+    (or Conv1D) of the backbone (adapters' own aside) whose path is a name of the list or ends
+    with ``.`` + one (PEFT's list rule); a fused projection it names is adapted whole.
     ``rank_pattern`` / ``alpha_pattern``: ``{pattern: r}`` / ``{pattern: alpha}`` overriding ``r`` /
     ``alpha`` where the regex ``pattern`` matches the end of a module's path at a dot (PEFT's
     ``get_pattern_key``; the first matching key wins). ``feedforward_modules``: with
@@ -126,7 +127,8 @@ class LoRAConfig(AdapterConfig):
                 try:
                     re.compile(key)
                 except re.error as e:
-                    raise AdapterConfigError(f"{name} key {key!r} is not a regular expression ({e}); escape it") from None
+                    raise AdapterConfigError(f"{name} key {key!r} is not a regular expression ({e}); "
+                                             "escape it") from None
         self._set("rank_pattern", dict(self.rank_pattern))
         self._set("alpha_pattern", dict(self.alpha_pattern))
         if self.rank_pattern and (self.is_vera or self.composition_mode == "scale"):

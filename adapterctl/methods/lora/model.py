@@ -32,20 +32,16 @@ class LoRAMethod(Method):
         places = self._places(config)
         paths = {id(m): n for n, m in host.backbone.named_modules()}
         sites = []  # (layer, slices, groups)
-        def groups(stack: str) -> int:  # GPT-NeoX's fused output, laid out per head
-            spec = host.family.stacks.get(stack)
-            return getattr(host.config, spec.fused_groups) if spec is not None and spec.fused_groups else 1
-
         if config.target_modules:
             for path, (stack, idx, key, linear, slices) in linear_modules(host).items():
                 if config.targets(path):
-                    sites.append((self._layer((stack, idx, key), linear), slices, groups(stack)))
+                    sites.append((self._layer((stack, idx, key), linear), slices, self._groups(stack)))
         for stack, idx, layer in () if config.target_modules else host.iter_layers():
             if idx in config.leave_out:
                 continue
             spec = host.family.stacks[stack]
             for key, path, slices in _targets(places, spec):
-                sites.append((self._layer((stack, idx, key), layer.get_submodule(path)), slices, groups(stack)))
+                sites.append((self._layer((stack, idx, key), layer.get_submodule(path)), slices, self._groups(stack)))
         if config.target_modules and not sites:
             raise AdapterConfigError(f"target_modules {list(config.target_modules)} name no Linear module of "
                                      f"this {host.config.model_type} model; name e.g. "
@@ -58,6 +54,11 @@ class LoRAMethod(Method):
             path = paths[id(site.linear)]
             module = self._module(config.at(path), site.linear, shared, slices, groups, config.scales_input(path))
             site.loras[name] = host.like_model(module)
+
+    def _groups(self, stack: str) -> int:
+        """The groups a fused output of the stack is laid out in (GPT-NeoX: per head), else 1."""
+        spec = self.host.family.stacks.get(stack)
+        return getattr(self.host.config, spec.fused_groups) if spec is not None and spec.fused_groups else 1
 
     def _layer(self, where: tuple, linear: nn.Module) -> LoRALayer:
         """The layer at ``(stack, layer index, key)``, made on first use."""
