@@ -70,6 +70,20 @@ def test_peft_folders_give_peft_outputs(ref, case):
     assert all(d <= 1e-5 for d in max_diffs(outputs(model, ref, backbone), ref, f"{case}.merged").values())
 
 
+def test_peft_adapters_share_a_mixed_batch(ref):
+    """Each row through its own PEFT adapter (adapter_names=): PEFT's DoRA and the input-scaling
+    IA3 run grouped, per-module ranks and pooler.dense too; each row gives PEFT's output."""
+    model = AdapterModel.from_pretrained(BERT).eval()
+    for pair in (["bert_lora_dora", "bert_ia3"], ["bert_lora_patterns", "bert_lora_alllinear"]):
+        for case in pair:
+            model.load_adapter(PEFT / case)
+        with torch.no_grad():
+            mixed = model(input_ids=ref["inputs.bert.input_ids"], attention_mask=ref["inputs.bert.attention_mask"],
+                          adapter_names=pair).hidden_states
+        for row, case in enumerate(pair):
+            assert (mixed[row] - ref[f"{case}.hidden"][row]).abs().max().item() <= 1e-5
+
+
 def test_peft_fields_become_ours():
     """rank_pattern / alpha_pattern per module path (PEFT's keys matched as PEFT does), use_dora as
     PEFT's DoRA, IA3's feedforward_modules (the suffix 'output.dense' also picks attention.output.dense)."""
