@@ -55,7 +55,7 @@ def backbone_of(case: str) -> str:
 
 @pytest.mark.parametrize("case", ["bert_lora_list", "bert_lora_regex", "bert_lora_layers", "bert_lora_rslora",
                                   "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_lora_alllinear",
-                                  "bert_ia3", "bert_vera",
+                                  "bert_ia3", "bert_vera", "bert_adalora",
                                   "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
                                   "gpt2_lora_fanin", "gpt2_ia3", "neox_lora", "neox_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):

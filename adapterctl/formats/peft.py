@@ -1,10 +1,12 @@
 """PEFT's adapter folders: ``adapter_config.json`` (with ``peft_type``) and
 ``adapter_model.safetensors`` (or a legacy ``adapter_model.bin``, read with ``weights_only=True``),
 keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
-``.lora_magnitude_vector`` / ``.ia3_l`` / ``.vera_lambda_b`` / ``.vera_lambda_d`` (and VeRA's
+``.lora_magnitude_vector`` / ``.ia3_l`` / ``.vera_lambda_b`` / ``.vera_lambda_d`` / AdaLoRA's
+``.lora_A`` / ``.lora_E`` / ``.lora_B`` (and VeRA's
 ``base_model.vera_A`` / ``vera_B``), and ``<module path>.weight`` for ``modules_to_save``.
 
-A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters when what it adapts are Linear
+A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters (AdaLoRA's as LoRA: ``A diag(E)``
+as A, its scaling ``lora_alpha / (rank + 1e-5)`` as alpha) when what it adapts are Linear
 (or Conv1D) modules of the backbone. The modules are read from the weight keys, so
 ``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
 AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
@@ -49,7 +51,8 @@ PREFIX = "base_model.model."
 TASKS = {"causal_lm": "CAUSAL_LM", "classification": "SEQ_CLS", "tagging": "TOKEN_CLS"}  # head type -> PEFT's
 ATTENTION = ("q", "k", "v", "o")
 SUFFIXES = {"LORA": {".lora_A.weight": "lora_A", ".lora_B.weight": "lora_B", ".lora_magnitude_vector": "m.weight"},
-            "IA3": {".ia3_l": "lora_B"}, "VERA": {".vera_lambda_b": "vera_B", ".vera_lambda_d": "vera_D"}}
+            "IA3": {".ia3_l": "lora_B"}, "VERA": {".vera_lambda_b": "vera_B", ".vera_lambda_d": "vera_D"},
+            "ADALORA": {".lora_A": "lora_A", ".lora_B": "lora_B", ".lora_E": "lora_E"}}
 # LoRA inits that change the base weights (W - B A at init), which PEFT redoes on loading and we do not
 BASE_CHANGING_INITS = ("pissa", "corda", "olora", "loftq", "lora_ga")
 VERA_SHARED = {"base_model.vera_A": "lora_A", "base_model.vera_B": "lora_B"}  # PEFT's VeRA projections, saved once
@@ -91,7 +94,8 @@ def _read(model, path: Path, name: str):
     peft = read_json(path / CONFIG)
     kind = peft.get("peft_type")
     if kind not in SUFFIXES:
-        raise AdapterConfigError(f"{path} is a PEFT {kind} adapter; adapterctl reads PEFT's LORA, IA3 and VERA adapters")
+        raise AdapterConfigError(f"{path} is a PEFT {kind} adapter; adapterctl reads PEFT's LORA, ADALORA, IA3 and VERA "
+                                 "adapters")
     for field, neutral in UNSUPPORTED.items():
         if peft.get(field, neutral) not in (neutral, None, False, {}, [], "none"):
             raise AdapterConfigError(f"{path}: PEFT's {field}={peft[field]!r} is not supported by adapterctl; "
@@ -128,11 +132,16 @@ def _read(model, path: Path, name: str):
             tensor = torch.diag(tensor)
         feedforward = kind == "IA3" and _feedforward(peft.get("feedforward_modules") or [], peft_path)
         if len(keys) > 1 and not feedforward:  # a fused projection: PEFT's one pair over q | k | v, each slice's reads its A
-            tensor = tensor.repeat(len(keys), 1) if param == "lora_A" else tensor[_fused_rows(model, stack, keys, tensor)]
+            tensor = tensor.repeat(len(keys), 1) if param in ("lora_A", "lora_E") else \
+                tensor[_fused_rows(model, stack, keys, tensor)]
         adapted.setdefault(module, {"path": module, "peft_path": peft_path, "keys": keys})[param] = tensor
-        tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
+        if param != "lora_E":
+            tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
     if not adapted:
         raise CorruptFileError(f"{path}: no PEFT {kind} weights in {WEIGHTS[0]}; re-save the adapter")
+    for module, entry in adapted.items() if kind == "ADALORA" else ():  # AdaLoRA's B diag(E) A as LoRA's B A
+        entry["lora_A"] = entry["lora_A"] * entry.pop("lora_E")
+        tensors[f"{model.base_model_prefix}.{module}.loras.{name}.lora_A"] = entry["lora_A"].contiguous()
     return _config(model, peft, kind, adapted, places, path), tensors, saved
 
 
@@ -226,6 +235,14 @@ def _config(model, peft: dict, kind: str, adapted: dict, places: dict, path: Pat
     if kind == "VERA":  # lambda_b B (lambda_d A x) with no scaling: alpha = r
         return LoRAConfig(**fields, r=peft.get("r", 256), alpha=peft.get("r", 256), vera_d=peft.get("d_initial", 0.1),
                           vera_b=0.0, init_weights="vera", dropout=float(peft.get("vera_dropout") or 0.0))
+    if kind == "ADALORA":  # scaling lora_alpha / (ranknum + 1e-5), ranknum each module's rank
+        ranks = {m["path"]: m["lora_A"].shape[0] // max(1, len(m["keys"])) for m in adapted.values()}
+        alphas = {p: _number(peft.get("lora_alpha", 8) * r / (r + 1e-5)) for p, r in ranks.items()}
+        r = peft.get("init_r", 12)
+        alpha = _number(peft.get("lora_alpha", 8) * r / (r + 1e-5))
+        return LoRAConfig(**fields, r=r, alpha=alpha, dropout=float(peft.get("lora_dropout") or 0.0),
+                          rank_pattern={p: v for p, v in sorted(ranks.items()) if v != r},
+                          alpha_pattern={p: v for p, v in sorted(alphas.items()) if v != alpha})
     if kind == "IA3":
         feedforward = peft.get("feedforward_modules") or []
         return LoRAConfig(**fields, r=1, alpha=1, composition_mode="scale", init_weights="ia3",

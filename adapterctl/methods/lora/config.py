@@ -61,7 +61,7 @@ class LoRAConfig(AdapterConfig):
     output_lora: bool = False
     leave_out: tuple = ()
     r: int = 8
-    alpha: int = 8
+    alpha: int | float = 8  # AdapterHub types it int; PEFT folders (use_rslora, AdaLoRA) need any number
     dropout: float = 0.0
     attn_matrices: tuple = ("q", "v")
     composition_mode: str = "add"
