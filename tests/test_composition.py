@@ -1,4 +1,5 @@
-"""Composition blocks against references computed by hand on tiny models.
+"""Composition blocks against references computed by hand on tiny models, and Parallel on
+encoder-decoders and in generate() against AdapterHub's outputs (fixtures/adapterhub_decoders).
 
 The hand references run a bare copy of the backbone whose feed-forward output step
 ``LayerNorm(h + x)`` is replaced by the block's formula written out here, with the adapters'
@@ -6,11 +7,14 @@ own weights; pfeiffer adapters sit only at that step. One pfeiffer adapter at a 
 ``out = f(LN(h + x)) + h`` and the site returns ``LN(out + x)`` (AdapterHub's placement).
 """
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adapterctl import (
-    AdapterConfigError, AdapterNotFoundError, Average, BatchSplit, Fuse, IncompatibleAdapterError, Parallel, Split,
+    AdapterConfigError, AdapterModel, AdapterNotFoundError, Average, BatchSplit, Fuse, IncompatibleAdapterError, Parallel, Split,
     Stack,
 )
 from adapterctl.core.composition import parse_setup
@@ -241,3 +245,62 @@ def test_average_weights_summing_to_zero_are_fine_unnormalized():
     model, inputs = pfeiffer_model(), batch()
     ours = hidden(model, Average("a", "b", weights=[1.0, -1.0], normalize_weights=False), inputs)
     assert torch.isfinite(ours).all()
+
+
+ENC_DEC = Path(__file__).parent / "fixtures" / "adapterhub_decoders"  # make_parallel.py wrote parallel_*
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_parallel_on_encoder_decoders_gives_adapterhubs_rows_logits_and_tokens(family):
+    """AdapterHub replicates the batch in the encoder and the decoder's inputs and masks to match:
+    N*B rows, branch i on rows i*B.., the encoder's too; generate() gives N sequences per prompt.
+    A bottleneck pair and a prefix pair of equal lengths are AdapterHub's in every row. Prefixes of
+    different lengths: AdapterHub's shorter branch attends to its padding, ours equals it alone. A
+    pair with different sites (sb: output only, dsb: both), which AdapterHub cannot run, equals each alone."""
+    ref = load_file(ENC_DEC / family / "parallel_reference.safetensors")
+    alone = {**load_file(ENC_DEC / family / "reference_outputs.safetensors"),
+             **load_file(ENC_DEC / family / "methods" / "reference_outputs.safetensors")}
+    inputs = {k: alone[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")}
+    model = AdapterModel.from_pretrained(ENC_DEC / family / "backbone").eval()
+    for name, where in {"sb": "safetensors/sb", "dsb": "safetensors/dsb", "sb2": "parallel/sb2", "pt": "methods/bin/pt",
+                        "pt2": "parallel/pt2", "flatpt": "methods/bin/flatpt"}.items():
+        model.load_adapter(ENC_DEC / family / where, load_as=name, with_head=False)
+    encoded = []
+    model.backbone.get_encoder().register_forward_hook(lambda m, args, out: encoded.append(out[0]))
+
+    def run(setup):
+        encoded.clear()
+        with torch.no_grad(), model.adapter_setup(setup, head=["default", "default"]):
+            out = model(**inputs)
+        with torch.no_grad(), model.adapter_setup(setup, head="default"):
+            tokens = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=6,
+                                    min_new_tokens=6, do_sample=False, pad_token_id=int(family != "t5"))
+        return {"enc_hidden": encoded[0], "hidden": out.hidden_states, "logits": torch.cat(out.logits)}, tokens
+
+    for label, setup in (("bn", Parallel("sb", "sb2")), ("pt", Parallel("pt", "pt2"))):
+        ours, tokens = run(setup)
+        theirs = {**{k: ref[f"{label}.{k}"] for k in ("enc_hidden", "hidden")},
+                  "logits": torch.cat([ref[f"{label}.logits.0"], ref[f"{label}.logits.1"]])}
+        for key, value in ours.items():
+            assert value.shape[0] == 4 and close(value, theirs[key]), (label, key)
+        assert not close(ours["hidden"][:2], ours["hidden"][2:])  # the branches differ
+        assert torch.equal(tokens, ref[f"generate.{label}"]), label
+    ours, tokens = run(Parallel("pt", "flatpt"))
+    for key in ("enc_hidden", "hidden"):
+        assert close(ours[key][:2], ref[f"ptflat.{key}"][:2]) and close(ours[key][2:], alone[f"flatpt.{key}"]), key
+    assert torch.equal(tokens[:2], ref["generate.ptflat"][:2]) and torch.equal(tokens[2:], alone["generate.flatpt.cache"])
+    ours, _ = run(Parallel("sb", "dsb"))
+    assert close(ours["hidden"][:2], alone["sb.hidden"]) and close(ours["hidden"][2:], alone["dsb.hidden"])
+
+
+def test_parallel_generate_on_a_decoder_gives_each_adapters_tokens_with_and_without_a_cache():
+    """The prompts are replicated once per branch before generation (AdapterHub's generate does the same)."""
+    ref = load_file(ENC_DEC / "gpt2" / "reference_outputs.safetensors")
+    model = AdapterModel.from_pretrained(ENC_DEC / "gpt2" / "backbone").eval()
+    for name in ("sb", "lora"):
+        model.load_adapter(ENC_DEC / "gpt2" / "safetensors" / name, with_head=False)
+    for use_cache in (True, False):
+        with torch.no_grad(), model.adapter_setup(Parallel("sb", "lora"), head="default"):
+            tokens = model.generate(ref["input_ids"], attention_mask=ref["attention_mask"], max_new_tokens=6,
+                                    min_new_tokens=6, do_sample=False, pad_token_id=0, use_cache=use_cache)
+        assert torch.equal(tokens, torch.cat([ref["generate.sb.cache"], ref["generate.lora.cache"]])), use_cache

@@ -15,6 +15,8 @@ import math
 from collections.abc import Sequence
 from typing import Union
 
+import torch
+
 from ..errors import AdapterConfigError
 
 
@@ -259,6 +261,19 @@ def _why_not(parent: Block, child: Block) -> str:
     if type(child) is type(parent):
         return f"a {type(child).__name__} inside a {type(parent).__name__} is one flat {type(parent).__name__}; write it flat"
     return "AdapterHub's nesting rules do not allow it, and we keep them so that saved setups load in both libraries"
+
+
+def repeat_rows(value, rows: int, copies: int):
+    """``value`` (a tensor, or a tuple of them) with each tensor of ``rows`` rows (and at least 2
+    dims) repeated ``copies`` times along the batch, copy i on rows i*rows..: how a Parallel
+    setup's per-row inputs follow its replicated hidden states (AdapterHub's
+    ``adjust_tensors_for_parallel``). Other values pass through."""
+    if isinstance(value, tuple):
+        return tuple(repeat_rows(v, rows, copies) for v in value)
+    if torch.is_tensor(value) and value.dim() >= 2 and value.shape[0] == rows:
+        return value.repeat(copies, *[1] * (value.dim() - 1))
+    return value
+
 
 def heads_of(block: Block):
     """AdapterHub's rule: the head named like the last adapter; one per child for Parallel."""

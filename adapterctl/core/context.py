@@ -84,6 +84,7 @@ class CallSetup:
     setup: Block | Rows | None = None
     head: str | list | None = None
     skip_layers: frozenset = frozenset()  # AdapterDrop at inference: layers whose adapters are skipped
+    replicated: bool = False  # the inputs hold a Parallel setup's copies already (generate() makes them)
 
 
 @dataclass
@@ -147,6 +148,8 @@ class AdapterContext:
     def _new_state(self, drop_below: int, batch_size: int | None) -> ForwardState:
         call = self.call
         names = frozenset(call.setup.flatten()) if call.setup is not None else frozenset()
+        if call.replicated and batch_size is not None:
+            batch_size //= call.setup.parallel_channels
         return ForwardState(call.setup, names, call.skip_layers, drop_below, batch_size)
 
     def end(self) -> None:

@@ -123,6 +123,20 @@ class AdapterModel(SaveLoadMixin, nn.Module):
         rows = next((t for t in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]) if torch.is_tensor(t)),
                     None)
         self.context.begin(rows.shape[0] if rows is not None else None, self.training)
+        return self._parallel_decoder_inputs(args, kwargs)
+
+    def _parallel_decoder_inputs(self, args, kwargs):
+        """An encoder-decoder's decoder stack under a Parallel setup: the encoder replicated its
+        batch (N copies of B rows), so the decoder's inputs and masks are replicated to match and
+        copy i of the decoder attends to copy i of the encoder (AdapterHub replicates them the
+        same way); every output then has N*B rows."""
+        state, encoded = self.context.state, kwargs.get("encoder_hidden_states")
+        rows = state.batch_size
+        if (state.setup is None or rows is None or not torch.is_tensor(encoded) or encoded.shape[0] == rows
+                or encoded.shape[0] % rows):
+            return None
+        copies = encoded.shape[0] // rows
+        return C.repeat_rows(args, rows, copies), {k: C.repeat_rows(v, rows, copies) for k, v in kwargs.items()}
 
     def _end_pass(self, backbone, args, output):
         self.context.end()
@@ -145,15 +159,7 @@ class AdapterModel(SaveLoadMixin, nn.Module):
             if channels == 1 or (hidden.shape[0] == rows and not self._replicates_at_entry(idx, state)):
                 return None
             copies = channels if hidden.shape[0] == rows else hidden.shape[0] // rows
-
-            def repeat(t):
-                if isinstance(t, tuple):
-                    return tuple(repeat(u) for u in t)
-                if torch.is_tensor(t) and t.dim() >= 2 and t.shape[0] == rows:
-                    return t.repeat(copies, *[1] * (t.dim() - 1))
-                return t
-
-            return tuple(repeat(a) for a in args), {k: repeat(v) for k, v in kwargs.items()}
+            return C.repeat_rows(args, rows, copies), {k: C.repeat_rows(v, rows, copies) for k, v in kwargs.items()}
 
         return hook
 
@@ -656,13 +662,32 @@ class AdapterModel(SaveLoadMixin, nn.Module):
         force and the active ``causal_lm`` head. It runs a transformers ``*ForCausalLM`` made of
         our backbone and that head, so generation is transformers' own forward and loop.
         ``adapter_names``: one adapter per prompt (a mixed batch; every row uses that head)."""
-        head = self.context.call.head
+        call = self.context.call
+        head = call.head
+        if adapter_names is None and call.setup is not None and call.setup.parallel_channels > 1:
+            return self._generate_parallel(call, args, kwargs)
         if adapter_names is None:
             return self._causal_lm(head).generate(*args, **kwargs)
         prompts = kwargs.get("input_ids", args[0] if args else None)
         rows = self.rows_setup(adapter_names, prompts.shape[0] if prompts is not None else len(adapter_names))
         with self.context.using(CallSetup(rows, head)):
             return self._causal_lm(head).generate(*args, **kwargs)
+
+    def _generate_parallel(self, call: CallSetup, args, kwargs):
+        """A Parallel setup generates N sequences per prompt, rows i*B.. from branch i: the prompts
+        are replicated before generation (as AdapterHub's generate does), and the pass knows its
+        inputs hold the copies already."""
+        lm, copies = self._causal_lm(call.head), call.setup.parallel_channels
+        per_row = ("inputs", "input_ids", "inputs_embeds", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+        prompts = args[0] if args else next((kwargs[k] for k in per_row[:3] if torch.is_tensor(kwargs.get(k))), None)
+        if not torch.is_tensor(prompts):
+            raise AdapterConfigError(f"generate() with the Parallel setup {call.setup!r} needs the prompts as a tensor "
+                                     "(input_ids or inputs_embeds), which it replicates once per branch")
+        rows = prompts.shape[0]
+        args = (C.repeat_rows(args[0], rows, copies), *args[1:]) if args else args
+        kwargs = {k: C.repeat_rows(v, rows, copies) if k in per_row else v for k, v in kwargs.items()}
+        with self.context.using(replace(call, replicated=True)):
+            return lm.generate(*args, **kwargs)
 
     def _causal_lm(self, head) -> PreTrainedModel:
         """The transformers LM (``*ForCausalLM``, or ``*ForConditionalGeneration`` around a
