@@ -198,6 +198,17 @@ def test_parallel_of_a_lora_and_a_bottleneck_runs_each_on_its_copy():
     assert (both[3:] - _hidden(model, "p")).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("block", [Parallel("l", "i"), Average("l", "i")], ids=["parallel", "average"])
+def test_a_lora_and_an_ia3_joined_at_one_projection_are_refused(block):
+    """Both adapt v: the joined branches would get one update, added or multiplied (AdapterHub
+    fails here too, with a TypeError)."""
+    model = tiny_model()
+    model.add_adapter("l", "lora")
+    model.add_adapter("i", "ia3")
+    with pytest.raises(AdapterConfigError, match="joins 'l', 'i' at one projection, but LoRA adds its update and IA3"):
+        _hidden(model, block)
+
+
 def test_blocks_a_method_cannot_run_are_refused_naming_those_it_supports():
     model = tiny_model()
     model.add_adapter("a", "lora")

@@ -424,6 +424,7 @@ class LoRALayer(ComposableLayer):
     def concat(self, states: list[LoRAState], dim: int) -> LoRAState:
         """Slices joined; a slice no adapter ran on gets the neutral update (0 to add, 1 to scale)."""
         done = [s for s in states if s.hidden is not None]
+        self._one_kind(done, "Parallel / BatchSplit")
         last = next((s.last for s in reversed(states) if s.last), None)
         hidden = None
         if done:
@@ -436,8 +437,17 @@ class LoRALayer(ComposableLayer):
                          torch.cat([s.layer_output for s in states], dim=dim), last)
 
     def mean(self, state: LoRAState, children: list[LoRAState], weights: list[float]) -> LoRAState:
+        self._one_kind(children, "Average")
         hidden = sum(w * s.hidden for s, w in zip(children, weights))
         return state._replace(hidden=hidden, last=children[-1].last)
+
+    def _one_kind(self, states: list[LoRAState], block: str) -> None:
+        """Branches are joined into one update that the last adapter applies, so at one projection
+        they must all end in LoRA (added) or all in IA3 (multiplied); AdapterHub fails here too."""
+        names = [s.last for s in states if s.last is not None]
+        if len({isinstance(self.loras[n], IA3) for n in names}) > 1:
+            raise AdapterConfigError(f"{block} joins {', '.join(map(repr, names))} at one projection, but LoRA adds "
+                                     "its update and IA3 scales the output; put adapters of one kind in its branches")
 
     # -- merging ---------------------------------------------------------------------------
 
