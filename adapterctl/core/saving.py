@@ -50,7 +50,7 @@ class SaveLoadMixin:
                      metadata: dict | None = None, format: str = "adapterhub") -> Path:
         """Write ``adapter_config.json`` + ``adapter.safetensors`` (and the head of the same
         name) to ``directory``, atomically; an existing folder is kept unless ``overwrite``.
-        ``format="peft"``: a PEFT folder (LoRA, IA3, PEFT's DoRA; the head as ``modules_to_save``
+        ``format="peft"``: a PEFT folder (LoRA, IA3, PEFT's DoRA, VeRA; the head as ``modules_to_save``
         where it is the task model's own head kind), ``formats/peft.py``."""
         self._require_adapter(name)
         if format == "peft":
