@@ -1,13 +1,13 @@
 """Every method the CLI offers, side by side: validation accuracy, trainable parameters and the
 adapter file's size after ``adapterctl train`` on MiniLM and rotten_tomatoes (its defaults: 2
-epochs, batch 32, length 128, the preset's learning rate).
+epochs, batch 32, length 64, the preset's learning rate).
 
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python bench/methods_table.py --train-rows 640 \
         --set trainer.batch_size=16 trainer.max_length=32 trainer.max_eval_samples=300
 
 Each run is the console script with ``task=rotten_tomatoes adapter=<preset>`` plus
 ``trainer.max_train_samples`` when ``--train-rows`` is given (a fixed random slice: the full 2
-epochs are 534 steps, about 15 CPU-minutes per method here) and ``--set`` overrides. Runs go to
+epochs are 534 steps, about 21 minutes per method on one idle core here) and ``--set`` overrides. Runs go to
 ``--out/<preset>`` and are reused when their metrics.json exists, so an interrupted table resumes;
 ``--no-train`` prints the table of the runs there are. Prints a Markdown table (``--no-train``: every method's size, the accuracy of the runs there are).
 Trainable parameters are the adapter's (the head's 148,610 are the same for every method); the
