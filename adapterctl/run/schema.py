@@ -48,8 +48,8 @@ class AdapterDropSettings:
 class TrainerSettings:
     epochs: int = _key(2, "passes over the train split (max_steps overrides)")
     max_steps: Optional[int] = _key(None, "optimizer steps to take; overrides epochs when set")
-    lr: Optional[float] = _key(None, "learning rate; null: the adapter's own (adapter.lr: 1e-3 for adapters, "
-                                     "5e-5 for none)")
+    lr: Optional[float] = _key(None, "learning rate; null: the adapter preset's own (adapter.lr: "
+                                     "3e-4 to 3e-2 by method, 5e-5 for none)")
     scheduler: str = _key("linear", f"learning-rate schedule: {', '.join(SCHEDULERS)}")
     warmup_ratio: float = _key(0.06, "share of the steps spent warming up, 0..1")
     weight_decay: float = _key(0.0, "AdamW's weight decay")
