@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_model
-from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
 from hub_support import files_in, logits, make_run
+from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
+from safetensors.torch import load_file
 
-from adapterctl import hub
+from adapterctl import AdapterModel, hub
 from adapterctl.cli import main
 from adapterctl.errors import CorruptFileError
 from adapterctl.hub.backends import HfHubBackend
@@ -147,3 +148,20 @@ def test_pull_takes_only_the_files_an_adapter_folder_holds(exported, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md", "adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
     assert not [c for c in api.calls if c[0] == "download" and c[1] in ("modeling_rt.py", "model.safetensors")]
+
+
+def test_a_peft_repo_loads_by_hf_id_with_peft_outputs(tmp_path, monkeypatch):
+    """Most adapters shared on the HF Hub are PEFT folders: one (written by PEFT 0.21, DoRA on
+    BERT) pulled by ``hf:owner/repo`` gives PEFT's recorded outputs and takes the repo's name,
+    not its cache folder's (a commit hash)."""
+    from test_peft import BACKBONES, PEFT, max_diffs, outputs
+
+    shutil.copytree(PEFT / "bert_lora_dora", tmp_path / "remote" / "me" / "bert-dora")
+    api = FakeHfApi(tmp_path / "remote")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
+    monkeypatch.setenv("ADAPTERCTL_CACHE", str(tmp_path / "cache"))
+    model = AdapterModel.from_pretrained(BACKBONES["bert"]).eval()
+    assert model.load_adapter("hf:me/bert-dora", set_active=True) == "bert-dora"
+    ref = load_file(PEFT / "reference_outputs.safetensors")
+    assert all(d <= 1e-5 for d in max_diffs(outputs(model, ref, "bert"), ref, "bert_lora_dora").values())
+    assert model.load_adapter(f"hf:me/bert-dora@{COMMIT}", load_as="pinned") == "pinned"

@@ -71,30 +71,33 @@ class SaveLoadMixin:
         env = adapterhub.envelope(self._backbone_info(), name, self.heads[name].config)
         adapterhub.write_head(Path(folder), env, self._head_state(name))
 
-    def _resolve(self, source) -> Path:
+    def _resolve(self, source) -> tuple[Path, str]:
         """A local folder, or a Hub identifier resolved (and downloaded) by ``adapterctl.hub``
-        among the adapters that fit this backbone."""
+        among the adapters that fit this backbone; and the name the adapter takes if its files
+        name none."""
         path = recover(Path(source))  # an overwrite killed between its renames: the previous folder comes back
         if path.is_dir():
-            return path
+            return path, path.name
         if path.exists():
             raise AdapterConfigError(f"{path} is a file; give the folder that holds {adapterhub.ADAPTER_CONFIG}")
         from .. import hub  # only when a name is not a local folder
+        from ..hub.identifiers import default_name
 
-        return hub.resolve(str(source), model=self)
+        path = hub.resolve(str(source), model=self)
+        return path, default_name(source, path)
 
     def load_adapter(self, source, load_as: str | None = None, with_head: bool = True, set_active: bool = False,
                      labels=None, overwrite_ok: bool = False) -> str:
         """Load an adapter folder (ours or AdapterHub's, of any registered method) or a Hub
         identifier; returns its name. ``labels``: the label names the task expects; a head whose
         labels differ is refused."""
-        path = self._resolve(source)
+        path, default = self._resolve(source)
         if peft.is_peft_folder(path):
-            return peft.load(self, path, load_as, set_active, overwrite_ok)
+            return peft.load(self, path, load_as or default, set_active, overwrite_ok)
         env, tensors = adapterhub.read_adapter(path)
         adapterhub.check_backbone(self._backbone_info(), env, path)
         config = load_config(env.get("config", env))
-        old = env.get("name") or path.name
+        old = env.get("name") or default
         name = load_as or old
         head = self._saved_head(path, load_as, name, labels) if with_head else None
         if overwrite_ok and (name in self.adapters_config or (head is not None and head[0] in self.heads)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 _PART = r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
 _HUB_ID = re.compile(rf"^(?:(?P<task>{_PART})/)?(?P<subtask>{_PART})(?:@(?P<org>{_PART}))?(?::(?P<version>{_PART}))?$")
@@ -41,3 +42,13 @@ def parse(text: str) -> Identifier | HfIdentifier | None:
         return HfIdentifier(m["repo"], m["revision"])
     m = _HUB_ID.match(text.strip())
     return Identifier(m["subtask"], m["task"], m["org"], m["version"]) if m else None
+
+
+def default_name(source, folder) -> str:
+    """The name of an adapter whose files name none (PEFT's do not): its folder's, or for one
+    fetched by identifier the HF repo's or the subtask's, since its cache folder is named after
+    a commit or a version."""
+    ident = None if Path(source).is_dir() else parse(str(source))
+    if isinstance(ident, HfIdentifier):
+        return ident.repo.rsplit("/", 1)[-1]
+    return ident.subtask if ident is not None else Path(folder).name

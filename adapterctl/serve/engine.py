@@ -18,6 +18,7 @@ from ..core.model import AdapterModel
 from ..errors import AdapterConfigError, AdapterError, AdapterNotFoundError
 from ..formats.adapterhub import ADAPTER_CONFIG, HEAD_CONFIG
 from ..formats.files import read_json
+from ..hub.identifiers import default_name
 from ..run.build import adapter_source
 from ..run.predict import label_scores as classification_prediction
 from . import generation
@@ -183,7 +184,7 @@ class Engine:
         ``causal_lm`` head; without a head, on a backbone whose own causal_lm head it then uses."""
         path = Path(path)
         saved = read_json(path / ADAPTER_CONFIG)
-        name = name or saved.get("name") or path.name
+        name = name or saved.get("name") or default_name(source or path, path)
         if name in self.adapters:
             raise AdapterNameTakenError(f"an adapter named {name!r} is already loaded; give another name or unload it "
                                         f"first (DELETE /v1/adapters/{name})")
