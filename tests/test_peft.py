@@ -55,7 +55,7 @@ def backbone_of(case: str) -> str:
 
 @pytest.mark.parametrize("case", ["bert_lora_list", "bert_lora_regex", "bert_lora_layers", "bert_lora_rslora",
                                   "bert_lora_patterns", "bert_lora_dora", "bert_lora_perlayer", "bert_lora_alllinear",
-                                  "bert_ia3", "bert_vera", "bert_adalora",
+                                  "bert_ia3", "bert_vera", "bert_adalora", "bert_adalora_allocated",
                                   "bert_seqcls_lora", "llama_ia3", "llama_lora_alllinear", "llama_lora",
                                   "gpt2_lora_fanin", "gpt2_ia3", "neox_lora", "neox_ia3"])
 def test_peft_folders_give_peft_outputs(ref, case):
@@ -185,7 +185,8 @@ def test_target_modules_that_name_nothing_are_refused():
 
 
 OURS = {"lo": "bert", "do": "bert", "ia": "bert", "tm": "bert", "g2lo": "gpt2", "g2ia": "gpt2",
-        "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox", "ve": "bert"}  # adapter -> backbone
+        "ll": "llama", "llh": "llama", "sc": "bert_seqcls", "nx": "neox", "ve": "bert",
+        "ad": "bert"}  # adapter -> backbone
 HEADED = {"llh", "sc"}  # with their own head, written as modules_to_save
 TASK_MODELS = {"bert": "AutoModel", "bert_seqcls": "AutoModelForSequenceClassification"}  # else *ForCausalLM
 
@@ -197,7 +198,8 @@ def ours(tmp_path) -> dict:
     a LoRA on q and v (fused per head). By
     target_modules: other modules in each BERT layer, and Llama's gate_proj. With a trained copy
     of the checkpoint's head (modules_to_save): Llama's lm_head, BERT's classifier. PEFT's own
-    VeRA fixture, loaded and written back."""
+    VeRA fixture and its AdaLoRA after rank allocation (a LoRA of per-module ranks, one module
+    left out), loaded and written back."""
     models = {b: AdapterModel.from_pretrained(BACKBONES[b]).eval() for b in set(OURS.values())}
     models["bert"].add_adapter("tm", "lora", target_modules=["layer.0.attention.self.query", "layer.1.output.dense",
                                                             "pooler.dense"])
@@ -218,6 +220,7 @@ def ours(tmp_path) -> dict:
         perturb(model, "heads.llh", std=0.3)
         perturb(model, "heads.sc", std=0.3)
     models["bert"].load_adapter(PEFT / "bert_vera", load_as="ve")  # PEFT's VeRA: diagonal vera_B, vera_D
+    models["bert"].load_adapter(PEFT / "bert_adalora_allocated", load_as="ad")
     for name, backbone in OURS.items():
         models[backbone].save_adapter(tmp_path / name, name, format="peft")
     return models

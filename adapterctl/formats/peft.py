@@ -6,7 +6,8 @@ keys ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` /
 ``base_model.vera_A`` / ``vera_B``), and ``<module path>.weight`` for ``modules_to_save``.
 
 A PEFT folder loads as one of our LoRA, IA3 or VeRA adapters (AdaLoRA's as LoRA: ``A diag(E)``
-as A, its scaling ``lora_alpha / (rank + 1e-5)`` as alpha) when what it adapts are Linear
+as A, its scaling ``lora_alpha / (init_r + 1e-5)`` as alpha, which PEFT keeps for the ranks
+that rank allocation leaves; a module left with none is left out) when what it adapts are Linear
 (or Conv1D) modules of the backbone. The modules are read from the weight keys, so
 ``target_modules`` as a list, a regex or ``all-linear`` need no interpretation: where
 AdapterHub's placement fields (projection flags, ``leave_out``) name exactly those modules the
@@ -139,9 +140,15 @@ def _read(model, path: Path, name: str):
             tensors[f"{model.base_model_prefix}.{module}.loras.{name}.{param}"] = tensor.contiguous()
     if not adapted:
         raise CorruptFileError(f"{path}: no PEFT {kind} weights in {WEIGHTS[0]}; re-save the adapter")
-    for module, entry in adapted.items() if kind == "ADALORA" else ():  # AdaLoRA's B diag(E) A as LoRA's B A
+    for module, entry in list(adapted.items()) if kind == "ADALORA" else ():  # AdaLoRA's B diag(E) A as LoRA's B A
+        key = f"{model.base_model_prefix}.{module}.loras.{name}"
         entry["lora_A"] = entry["lora_A"] * entry.pop("lora_E")
-        tensors[f"{model.base_model_prefix}.{module}.loras.{name}.lora_A"] = entry["lora_A"].contiguous()
+        tensors[f"{key}.lora_A"] = entry["lora_A"].contiguous()
+        if not entry["lora_A"].shape[0]:  # rank allocation pruned every rank: the module adds nothing, so it is left out
+            del adapted[module], tensors[f"{key}.lora_A"], tensors[f"{key}.lora_B"]
+    if not adapted:
+        raise AdapterConfigError(f"{path}: AdaLoRA's rank allocation pruned every rank of every module, so the adapter "
+                                 "changes nothing; retrain it with a larger target_r")
     return _config(model, peft, kind, adapted, places, path), tensors, saved
 
 
@@ -235,11 +242,11 @@ def _config(model, peft: dict, kind: str, adapted: dict, places: dict, path: Pat
     if kind == "VERA":  # lambda_b B (lambda_d A x) with no scaling: alpha = r
         return LoRAConfig(**fields, r=peft.get("r", 256), alpha=peft.get("r", 256), vera_d=peft.get("d_initial", 0.1),
                           vera_b=0.0, init_weights="vera", dropout=float(peft.get("vera_dropout") or 0.0))
-    if kind == "ADALORA":  # scaling lora_alpha / (ranknum + 1e-5), ranknum each module's rank
+    if kind == "ADALORA":  # scaling lora_alpha / (init_r + 1e-5), also where rank allocation kept fewer ranks
         ranks = {m["path"]: m["lora_A"].shape[0] // max(1, len(m["keys"])) for m in adapted.values()}
-        alphas = {p: _number(peft.get("lora_alpha", 8) * r / (r + 1e-5)) for p, r in ranks.items()}
-        r = peft.get("init_r", 12)
-        alpha = _number(peft.get("lora_alpha", 8) * r / (r + 1e-5))
+        r, scaling = peft.get("init_r", 12), peft.get("lora_alpha", 8) / (peft.get("init_r", 12) + 1e-5)
+        alphas = {p: _number(scaling * rank) for p, rank in ranks.items()}
+        alpha = _number(scaling * r)
         return LoRAConfig(**fields, r=r, alpha=alpha, dropout=float(peft.get("lora_dropout") or 0.0),
                           rank_pattern={p: v for p, v in sorted(ranks.items()) if v != r},
                           alpha_pattern={p: v for p, v in sorted(alphas.items()) if v != alpha})
