@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import (
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     BartConfig,
@@ -28,7 +29,8 @@ from transformers import (
 
 from adapterctl import AdapterModel
 from adapterctl.errors import AdapterConfigError
-from conftest import perturb
+from adapterctl.run.build import checkpoint_activations
+from conftest import TINY_CONFIGS, perturb
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adapterhub_decoders"
 GPT2 = FIXTURES / "gpt2"
@@ -106,6 +108,37 @@ def test_fresh_adapters_are_identities_and_trained_ones_change_outputs(family):
     model.eval()
     assert (logits(model, "lora") - bare).abs().max().item() > 1e-4
     assert torch.equal(logits(model), bare)  # the backbone's weights did not move
+
+
+@pytest.mark.parametrize("family, preset", [*((f, p) for f in ["bert", "distilbert", *CONFIGS, *SEQ2SEQ]
+                                                for p in ("houlsby", "unipelt")),
+                                              *((f, "loreft") for f in ("bert", "llama", "t5", "bart"))])
+def test_gradient_checkpointing_gives_the_same_gradients(family, preset):
+    """``trainer.gradient_checkpointing`` re-runs each layer's forward in backward, without the
+    layer's own hooks (transformers 5): each method finds there what it found in the forward
+    (UniPELT: gated prefixes, LoRA and a bottleneck adapter; LoReFT: a hook after the layer)."""
+    def grads(checkpointing: bool) -> dict:
+        config = {**TINY_CONFIGS, **CONFIGS, **SEQ2SEQ}[family]()
+        for key in [k for k in config.to_dict() if "dropout" in k or "pdrop" in k]:  # both runs compute one function
+            setattr(config, key, 0.0)
+        torch.manual_seed(0)
+        model = AdapterModel(AutoModel.from_config(config))
+        model.add_adapter("a", preset)
+        perturb(model, ".a.")
+        model.train_adapter("a")
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        if checkpointing:
+            checkpoint_activations(model)  # what trainer.gradient_checkpointing=true runs
+        model(**prompts(family)).hidden_states.pow(2).mean().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and sum(g is not None for g in plain.values()) >= 4
+    for name, grad in plain.items():
+        assert (grad is None) == (checkpointed[name] is None), name
+        assert grad is None or torch.allclose(grad, checkpointed[name], atol=1e-6), name
 
 
 @pytest.mark.parametrize("family", [*CONFIGS, *SEQ2SEQ])

@@ -140,9 +140,16 @@ class AdapterContext:
             self._call.reset(token)
 
     def begin(self, batch_size: int | None, training: bool) -> None:
-        """Start a pass in this thread (the backbone's pre-hook)."""
-        drop = self.adapter_drop.sample() if training and self.adapter_drop is not None else 0
-        self._last = self._new_state(drop, batch_size)
+        """Start a pass in this thread (the backbone's pre-hook). A stack's pass inside the
+        backbone's (an encoder-decoder's) is part of it: it keeps the pass's AdapterDrop draw and
+        stash, so the last state holds what every layer re-run in backward needs."""
+        outer = self._state.get()
+        if outer is not None:
+            self._last = self._new_state(outer.drop_below, batch_size)
+            self._last.stash = outer.stash
+        else:
+            drop = self.adapter_drop.sample() if training and self.adapter_drop is not None else 0
+            self._last = self._new_state(drop, batch_size)
         self._last.token = self._state.set(self._last)
 
     def _new_state(self, drop_below: int, batch_size: int | None) -> ForwardState:

@@ -77,9 +77,14 @@ class AdapterModel(SaveLoadMixin, nn.Module):
         self._policy = TrainingPolicy(attention, backbone)
         # An encoder-decoder's stacks also run on their own (generate() encodes once, T5's
         # *ForConditionalGeneration calls its stacks directly): each begins a pass too, nested.
-        owners = ({backbone.get_submodule(spec.path.rpartition(".")[0]) for spec in self.family.stacks.values()}
-                  if self.family.kind == "encoder-decoder" else set())
-        for module in [backbone, *[m for m in owners if m is not backbone]]:
+        # The module that begins a pass -> the stacks whose layers that pass runs.
+        self._pass_stacks = {backbone: frozenset(self.family.stacks)}
+        if self.family.kind == "encoder-decoder":
+            self._pass_stacks = {backbone: frozenset()}
+            for name, spec in self.family.stacks.items():
+                owner = backbone.get_submodule(spec.path.rpartition(".")[0])
+                self._pass_stacks[owner] = self._pass_stacks.get(owner, frozenset()) | {name}
+        for module in self._pass_stacks:
             module.register_forward_pre_hook(self._begin_pass, with_kwargs=True)
             module.register_forward_hook(self._end_pass, always_call=True)
         for _, spec, idx, layer in self._layers():
@@ -119,10 +124,12 @@ class AdapterModel(SaveLoadMixin, nn.Module):
 
     # -- the pass in flight -----------------------------------------------------------------
 
-    def _begin_pass(self, backbone, args, kwargs):
+    def _begin_pass(self, module, args, kwargs):
         rows = next((t for t in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]) if torch.is_tensor(t)),
                     None)
         self.context.begin(rows.shape[0] if rows is not None else None, self.training)
+        for method in self._methods.values():
+            method.begin_pass(self.context.state, self._pass_stacks[module])
         return self._parallel_decoder_inputs(args, kwargs)
 
     def _parallel_decoder_inputs(self, args, kwargs):

@@ -56,7 +56,7 @@ DISTILBERT = Family(
         path="transformer.layer",
         attention="attention",
         sites={
-            "mh_adapter": ResidualSite(POST_LN, output="attention", residual="", residual_arg=("hidden_states", 0),
+            "mh_adapter": ResidualSite(POST_LN, output="attention", residual="attention", residual_arg=("hidden_states", 0),
                                        container="attention_adapters", layer_norm="sa_layer_norm"),
             "output_adapter": ResidualSite(POST_LN, output="ffn", residual="ffn", residual_arg=("input", 0),
                                            container="output_adapters", layer_norm="output_layer_norm"),

@@ -33,8 +33,7 @@ def attach_residual_site(layer: nn.Module, site: ResidualSite, context: AdapterC
         if state.setup is not None:
             state.stash[key_x] = _argument(args, kwargs, site.residual_arg)
 
-    residual = layer.get_submodule(site.residual) if site.residual else layer
-    residual.register_forward_pre_hook(capture_x, with_kwargs=True)
+    layer.get_submodule(site.residual).register_forward_pre_hook(capture_x, with_kwargs=True)
     output = layer.get_submodule(site.output)
 
     if site.kind == POST_LN:

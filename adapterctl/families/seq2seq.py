@@ -62,7 +62,7 @@ def _bart_stack(stack: str, pre_ln: bool) -> LayerStack:
     decoder = stack == "decoder"
     attention = ("self_attn",) + (("encoder_attn",) if decoder else ())
     sites = {
-        "mh_adapter": site("self_attn", "self_attn_layer_norm", ("", "hidden_states"), "attention_adapters"),
+        "mh_adapter": site("self_attn", "self_attn_layer_norm", ("self_attn", "hidden_states"), "attention_adapters"),
         "output_adapter": site("fc2", "final_layer_norm", ("fc1", "input"), "output_adapters"),
     }
     if decoder:

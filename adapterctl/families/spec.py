@@ -21,7 +21,9 @@ class ResidualSite:
 
     kind: str  # POST_LN or PRE_LN
     output: str  # the module whose output (its first element, if a tuple) is h
-    residual: str  # the module whose call receives x ("" = the layer itself)
+    # the module inside the layer whose call receives x; never the layer itself, since activation
+    # checkpointing re-runs a layer's forward in backward without its hooks (transformers 5)
+    residual: str
     residual_arg: tuple[str, int]  # x's keyword name and position in that call
     container: str  # where the adapter modules live: AdapterHub's key prefix inside the layer
     layer_norm: str | None = None  # POST_LN: the LayerNorm applied to h + x

@@ -82,7 +82,7 @@ class FlatPrefixTuning(_Prefix):
 
 class PrefixTuningPool(nn.Module):
     """Every prefix adapter's modules, at AdapterHub's place ``<base>.prefix_tuning``; the layers
-    read each adapter's keys and values from here, computed once per pass."""
+    read each adapter's keys and values from here, computed once per pass (when it begins)."""
 
     def __init__(self):
         super().__init__()

@@ -62,6 +62,17 @@ class PrefixTuningMethod(Method):
                 group[location] = PrefixTuning(config, count, heads, head_dim, host.hidden_size)
         self.pool.prefix_tunings[name] = host.like_model(group)
 
+    def begin_pass(self, state, stacks: frozenset) -> None:
+        """Each prefix this pass's layers read is computed before the first of them, as AdapterHub
+        computes its prefix states when the forward begins: computed lazily inside a layer, a
+        checkpointed layer's re-run in backward would find it made and save other tensors
+        (torch refuses that)."""
+        pool = getattr(self.host.backbone, "prefix_tuning", None)
+        names = state.names & pool.prefix_tunings.keys() if pool is not None else ()
+        for (stack, _, location), layer in self.layers.items() if names else ():
+            for name in names & layer.prefixes.keys() if stack in stacks else ():
+                pool.key_values(name, location, state.stash)
+
     def _layer(self, stack: str, idx: int, layer: nn.Module, location: str, path: str) -> PrefixTuningLayer:
         key = (stack, idx, location)
         if key not in self.layers:
