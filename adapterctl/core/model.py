@@ -129,7 +129,7 @@ class AdapterModel(SaveLoadMixin, nn.Module):
                     None)
         self.context.begin(rows.shape[0] if rows is not None else None, self.training)
         for method in self._methods.values():
-            method.begin_pass(self.context.state, self._pass_stacks[module])
+            method.begin_pass(self.context.state, self._pass_stacks[module], kwargs)
         return self._parallel_decoder_inputs(args, kwargs)
 
     def _parallel_decoder_inputs(self, args, kwargs):

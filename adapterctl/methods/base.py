@@ -158,10 +158,11 @@ class Method:
         """The tensors of a saved file that hold this method's weights (a file may repeat some)."""
         return tensors
 
-    def begin_pass(self, state, stacks: frozenset) -> None:
-        """A pass that runs the layers of ``stacks`` begins (``state``: its ``ForwardState``):
-        what the pass shares across layers is computed here, outside any layer, since activation
-        checkpointing re-runs single layers in backward."""
+    def begin_pass(self, state, stacks: frozenset, inputs: dict) -> None:
+        """A pass that runs the layers of ``stacks`` begins (``state``: its ``ForwardState``;
+        ``inputs``: the keyword arguments it was called with): what the pass shares across
+        layers goes into ``state.stash`` here, outside any layer, since activation checkpointing
+        re-runs single layers in backward."""
 
     def merge(self, name: str) -> None:
         """Fold the adapter into the backbone's weights (methods with ``can_merge``)."""

@@ -62,7 +62,7 @@ class PrefixTuningMethod(Method):
                 group[location] = PrefixTuning(config, count, heads, head_dim, host.hidden_size)
         self.pool.prefix_tunings[name] = host.like_model(group)
 
-    def begin_pass(self, state, stacks: frozenset) -> None:
+    def begin_pass(self, state, stacks: frozenset, inputs: dict) -> None:
         """Each prefix this pass's layers read is computed before the first of them, as AdapterHub
         computes its prefix states when the forward begins: computed lazily inside a layer, a
         checkpointed layer's re-run in backward would find it made and save other tensors

@@ -1,8 +1,7 @@
 """ReFT in a model: a ``ReftLayer`` on each transformer layer (AdapterHub's ``reft_layer``)
-whose forward hook intervenes on the layer's output, and a pre-hook on the backbone (on an
-encoder-decoder: on each stack) that reads where each row's real tokens are from the attention
-mask (left or right padding). As in AdapterHub, one ReFT adapter runs per pass (Stack with
-other methods).
+whose forward hook intervenes on the layer's output, and ``begin_pass``, which reads where each
+row's real tokens are from the attention mask of the backbone's pass (on an encoder-decoder: of
+each stack's). As in AdapterHub, one ReFT adapter runs per pass (Stack with other methods).
 
 Encoder-decoders: layers of both stacks, numbered on across them (``layers``), as AdapterHub's.
 The encoder's positions come from its mask; the decoder's from its own tokens (its mask, if
@@ -13,9 +12,6 @@ token (each step's first position); ours on the sequence's first positions, as w
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from functools import partial
-
 import torch
 import torch.nn as nn
 
@@ -24,11 +20,7 @@ from ..base import ComposableLayer, Method, one_adapter
 from .config import ReftConfig
 from .layer import Reft
 
-# This thread's last pass of each layer stack: {stack: ((first real token, end of real tokens,
-# sequence length) from its 2-D mask or None, the positions its KV cache held)}. Not the pass
-# state's stash: an encoder's layer stack begins a nested pass of its own. Kept after the pass for
-# layers re-run in backward. Never mutated: each pass sets a new dict.
-_SPAN: ContextVar = ContextVar("adapterctl_reft_span", default={})
+SPAN = "reft.span"  # the pass's stash: {(SPAN, stack): (span of the real tokens or None, cached positions)}
 
 
 class ReftLayer(ComposableLayer):
@@ -46,7 +38,7 @@ class ReftLayer(ComposableLayer):
         if name is None:
             return None
         hidden = out[0] if isinstance(out, tuple) else out
-        span, past = _SPAN.get().get(self.stack, (None, 0))
+        span, past = state.stash.get((SPAN, self.stack), (None, 0))
         first, end, total = span or _span(None, hidden, past)
         hidden = self.refts[name](hidden, first, end, total - hidden.shape[1])
         return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
@@ -70,9 +62,6 @@ class ReftMethod(Method):
 
     def add(self, name: str, config: ReftConfig) -> None:
         host = self.host
-        if not self.layers:
-            for stack, module in self._stack_owners():
-                module.register_forward_pre_hook(partial(_before_pass, stack), with_kwargs=True)
         for stack, idx, layer in host.iter_layers():
             if config.layers != "all" and idx not in config.layers:
                 continue
@@ -80,16 +69,12 @@ class ReftMethod(Method):
                 self.layers[stack, idx, "output"] = ReftLayer(idx, host.context, layer, stack)
             self.layers[stack, idx, "output"].refts[name] = host.like_model(Reft(config, host.hidden_size))
 
-    def _stack_owners(self):
-        """Where each stack's pass begins: the backbone, or an encoder-decoder's encoder and decoder."""
-        backbone, stacks = self.host.backbone, self.host.family.stacks
-        if self.host.family.kind != "encoder-decoder":
-            return [(next(iter(stacks)), backbone)]
-        return [(name, backbone.get_submodule(spec.path.rpartition(".")[0])) for name, spec in stacks.items()]
-
-
-def _before_pass(stack: str, module, args, kwargs):
-    mask = kwargs.get("attention_mask")
-    cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    span = _span(mask, None) if mask is not None and mask.dim() == 2 else None
-    _SPAN.set({**_SPAN.get(), stack: (span, cache.get_seq_length() if cache is not None else 0)})
+    def begin_pass(self, state, stacks: frozenset, inputs: dict) -> None:
+        """Where each row's real tokens are, for the layers of ``stacks``: from the pass's 2-D
+        attention mask (left or right padding), else all its tokens after the cached ones."""
+        if not self.layers or not stacks:
+            return
+        mask, cache = inputs.get("attention_mask"), inputs.get("cache", inputs.get("past_key_values"))
+        span = _span(mask, None) if mask is not None and mask.dim() == 2 else None
+        for stack in stacks:
+            state.stash[SPAN, stack] = (span, cache.get_seq_length() if cache is not None else 0)
