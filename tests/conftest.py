@@ -73,11 +73,13 @@ def batch(seed: int = 1, rows: int = 3, length: int = 9):
 
 
 def perturb(model, substring: str, std: float = 0.1, seed: int = 0):
-    """Give every parameter whose name contains ``substring`` random values (no identity left)."""
+    """Give every parameter whose name contains ``substring`` random values (no identity left).
+    An orthogonal parametrization (LoReFT's projection) keeps its own: random values in its
+    ``original`` can make the weight 0."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if substring in name:
+            if substring in name and ".parametrizations." not in name:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 

@@ -118,8 +118,13 @@ class AdapterModel(SaveLoadMixin, nn.Module):
         """``(stack name, layer index, layer)`` for the methods that place modules in layers."""
         return ((name, idx, layer) for name, _, idx, layer in self._layers())
 
-    def like_model(self, module: nn.Module) -> nn.Module:
-        """A new module on the backbone's device, in the model's train/eval mode."""
+    def like_model(self, module: nn.Module, dtype: str | None = None) -> nn.Module:
+        """A new module on the backbone's device, in the model's train/eval mode, its floating
+        tensors in ``dtype`` (a config's ``dtype`` field) or else the backbone's: a bfloat16 LLM
+        takes bfloat16 adapters and heads (AdapterHub's stay float32 and fail on it). A module
+        that ``keeps_dtype`` manages its own."""
+        if not getattr(module, "keeps_dtype", False):
+            module = module.to(dtype=getattr(torch, dtype) if dtype else self.backbone.dtype)
         return module.to(next(self.backbone.parameters()).device).train(self.training)
 
     # -- the pass in flight -----------------------------------------------------------------

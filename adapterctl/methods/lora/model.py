@@ -53,7 +53,7 @@ class LoRAMethod(Method):
         for site, slices, groups in sites:
             path = paths[id(site.linear)]
             module = self._module(config.at(path), site.linear, shared, slices, groups, config.scales_input(path))
-            site.loras[name] = host.like_model(module)
+            site.loras[name] = host.like_model(module, config.dtype)
 
     def _groups(self, stack: str) -> int:
         """The groups a fused output of the stack is laid out in (GPT-NeoX: per head), else 1."""
@@ -79,7 +79,8 @@ class LoRAMethod(Method):
         PEFT does; AdapterHub sizes them for the first and fails on others, e.g. GQA's v)."""
         pool = self._shared(create=True)
         sizes = [features(linear) for linear in linears]
-        pool[name] = self.host.like_model(SharedMatrices(config, max(i for i, _ in sizes), max(o for _, o in sizes)))
+        pool[name] = self.host.like_model(SharedMatrices(config, max(i for i, _ in sizes), max(o for _, o in sizes)),
+                                          config.dtype)
         return pool[name]
 
     def _shared(self, create: bool = False) -> nn.ModuleDict:

@@ -33,7 +33,7 @@ class ReftUnit(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        source = self.non_linearity(self.learned_source(x))
+        source = self.non_linearity(self.learned_source(x.to(self.learned_source.weight.dtype)))
         weight = self.projection.weight
         if self.subtract_projection:
             source = source - x.to(weight.dtype) @ weight.t()
@@ -42,7 +42,11 @@ class ReftUnit(nn.Module):
 
 class Reft(nn.Module):
     """One adapter's units at one layer: unit 0 on the prefix positions, unit 1 on the suffix
-    positions (one unit for both if ``tied_weights``)."""
+    positions (one unit for both if ``tied_weights``). Its units compute in their own dtype
+    (``dtype``, else float32: torch's orthogonal parametrization needs it) whatever the
+    backbone's, and give the hidden states back in theirs."""
+
+    keeps_dtype = True  # AdapterModel.like_model leaves its dtype alone
 
     def __init__(self, config: ReftConfig, hidden_size: int):
         super().__init__()
