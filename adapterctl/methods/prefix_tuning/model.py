@@ -68,10 +68,13 @@ class PrefixTuningMethod(Method):
         checkpointed layer's re-run in backward would find it made and save other tensors
         (torch refuses that)."""
         pool = getattr(self.host.backbone, "prefix_tuning", None)
-        names = state.names & pool.prefix_tunings.keys() if pool is not None else ()
-        for (stack, _, location), layer in self.layers.items() if names else ():
-            for name in names & layer.prefixes.keys() if stack in stacks else ():
-                pool.key_values(name, location, state.stash)
+        if pool is None:
+            return
+        names = state.names & pool.prefix_tunings.keys()
+        for (stack, _, location), layer in self.layers.items():
+            if stack in stacks:
+                for name in names & layer.prefixes.keys():
+                    pool.key_values(name, location, state.stash)
 
     def _layer(self, stack: str, idx: int, layer: nn.Module, location: str, path: str) -> PrefixTuningLayer:
         key = (stack, idx, location)
